@@ -1,0 +1,284 @@
+"""Serving logic behind service.py: resolve histories, build windows, format answers.
+
+``ForecastApp`` holds the model bundle's metadata, scaler and stored history, but not the Keras
+network: service.py runs the network in a separate batching service and passes its output back to
+``respond``. Errors carry an HTTP status so that service.py can map them without knowing why.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+from spot_forecast.forecast import Forecast, Guard, assemble
+from spot_forecast.grid import FrequencyError, Series, check_frequency, events_to_grid
+from spot_forecast.schemas import (
+    ForecastRequest,
+    ForecastResponse,
+    ForecastStep,
+    ModelInfo,
+    Observation,
+    PredictRequest,
+    PredictResponse,
+    SeriesFilter,
+    SeriesInfo,
+)
+from spot_forecast.series import region_of, split_series_id
+from spot_forecast.store import Bundle
+from spot_forecast.windows import history_window
+
+logger = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request that is well-formed JSON but cannot be served as asked (HTTP 400)."""
+
+    status = 400
+
+
+class UnsupportedRequest(RequestError):
+    """A valid request that this model cannot serve, such as another frequency (HTTP 422)."""
+
+    status = 422
+
+
+class SeriesNotFound(LookupError):
+    """The service holds no history for the requested series (HTTP 404)."""
+
+    status = 404
+
+
+@dataclass(frozen=True)
+class PreparedForecast:
+    """A request turned into one model input; ``window`` has shape ``(lookback, N_FEATURES)``."""
+
+    unique_id: str
+    prices: np.ndarray
+    end: pd.Timestamp
+    horizon: int
+    window: np.ndarray
+
+
+def current_hour() -> pd.Timestamp:
+    """The start of the current UTC hour."""
+    return pd.Timestamp(datetime.now(UTC)).floor("1h")
+
+
+class ForecastApp:
+    """Request handling for one loaded bundle."""
+
+    def __init__(self, bundle: Bundle, *, max_history: int = 4032):
+        self.bundle = bundle
+        self.tag = bundle.tag
+        self.max_history = max_history
+        self.guard = Guard.from_metadata(bundle.metadata)
+        self.step = pd.Timedelta(pd.tseries.frequencies.to_offset(bundle.freq))
+        self.quantile_names = [format_level(q) for q in bundle.quantiles]
+        self.history: dict[str, Series] = bundle.history
+
+    # Requests to model inputs ---------------------------------------------------------------
+
+    def prepare(self, request: ForecastRequest) -> PreparedForecast:
+        """Validate a forecast request against the model and build its window."""
+        try:
+            check_frequency(request.freq, self.bundle.freq)
+        except FrequencyError as error:
+            raise UnsupportedRequest(str(error)) from None
+        if request.horizon > self.bundle.horizon:
+            raise RequestError(
+                f"horizon is {request.horizon}; this model forecasts 1 to "
+                f"{self.bundle.horizon} hours"
+            )
+
+        if request.history is None:
+            stored = self.find_series(request.series_id or "")
+            return self._prepared(stored.unique_id, stored.values, stored.end, request.horizon)
+
+        unique_id = request.series_id or "client-history"
+        if request.series_id is not None:
+            split_series_id(request.series_id)  # the id must be well formed even when unknown
+        if request.has_events:
+            prices, end = self._grid_events(request)
+        else:
+            prices = np.asarray(request.history, dtype=np.float64)
+            end = pd.Timestamp(request.history_end) if request.history_end else current_hour()
+            if end != end.floor(self.step):
+                raise RequestError(
+                    f"history_end is {end.isoformat()}, which is not on the hourly grid; "
+                    f"send a time on the hour such as {end.floor(self.step).isoformat()}"
+                )
+        self._check_length(len(prices))
+        return self._prepared(unique_id, prices, end, request.horizon)
+
+    def prepare_predict(self, request: PredictRequest) -> PreparedForecast:
+        """Build the window of an older ``/predict`` request, ending at the current hour."""
+        if request.horizon > self.bundle.horizon:
+            raise RequestError(
+                f"horizon is {request.horizon}; this model forecasts 1 to "
+                f"{self.bundle.horizon} hours"
+            )
+        self._check_length(len(request.data))
+        prices = np.asarray(request.data, dtype=np.float64)
+        return self._prepared("client-history", prices, current_hour(), request.horizon)
+
+    def _prepared(
+        self, unique_id: str, prices: np.ndarray, end: pd.Timestamp, horizon: int
+    ) -> PreparedForecast:
+        window = history_window(prices, end, self.bundle.lookback, self.bundle.scaler)
+        return PreparedForecast(unique_id, prices, end, horizon, window)
+
+    def _grid_events(self, request: ForecastRequest) -> tuple[np.ndarray, pd.Timestamp]:
+        events = sorted(request.history, key=lambda e: e.ds)
+        ds = pd.DatetimeIndex([e.ds for e in events])
+        if ds.has_duplicates:
+            duplicated = ds[ds.duplicated()][0]
+            raise RequestError(
+                f"history has two events at {duplicated.isoformat()}; send one price per time"
+            )
+        if request.history_end is not None:
+            end = pd.Timestamp(request.history_end).floor(self.step)
+        else:
+            end = ds[-1].ceil(self.step)
+        if end < ds[0]:
+            raise RequestError(
+                f"history_end {end.isoformat()} is before the first event {ds[0].isoformat()}"
+            )
+        _, prices = events_to_grid(ds, np.array([e.y for e in events]), end=end, step=self.step)
+        if len(prices) == 0:
+            raise RequestError(
+                "history events span no full hour: the first event is at "
+                f"{ds[0].isoformat()} and history_end at {end.isoformat()}; send a later "
+                "history_end"
+            )
+        return prices, end
+
+    def _check_length(self, length: int) -> None:
+        if length > self.max_history:
+            raise RequestError(
+                f"history has {length} hourly values; send at most {self.max_history} "
+                f"(the model reads the last {self.bundle.lookback})"
+            )
+
+    # Model outputs to responses -------------------------------------------------------------
+
+    def forecast(self, item: PreparedForecast, scaled: np.ndarray) -> Forecast:
+        """Turn the network's output ``(max_horizon, q)`` for ``item`` into prices."""
+        return assemble(
+            item.unique_id, np.asarray(scaled), last_price=float(item.prices[-1]), end=item.end,
+            horizon=item.horizon, quantiles=self.bundle.quantiles, scaler=self.bundle.scaler,
+            guard=self.guard, step=self.step,
+        )
+
+    def respond(self, item: PreparedForecast, scaled: np.ndarray) -> ForecastResponse:
+        """Format the forecast of ``item`` as an API response."""
+        result = self.forecast(item, scaled)
+        check_finite_forecast(result)
+        median_index = result.quantiles.index(0.5)
+        steps = [
+            ForecastStep(
+                ds=ds.to_pydatetime(),
+                median=float(row[median_index]),
+                quantiles=dict(zip(self.quantile_names, map(float, row), strict=True)),
+            )
+            for ds, row in zip(result.ds, result.values, strict=True)
+        ]
+        return ForecastResponse(
+            unique_id=result.unique_id,
+            model=self.tag,
+            last_observed=Observation(ds=result.last_ds.to_pydatetime(), y=result.last_y),
+            steps=steps,
+        )
+
+    def respond_predict(self, item: PreparedForecast, scaled: np.ndarray) -> PredictResponse:
+        """Format the forecast of ``item`` in the older ``/predict`` shape."""
+        result = self.forecast(item, scaled)
+        check_finite_forecast(result)
+        levels = result.quantiles
+        return PredictResponse(
+            predictions=result.values[:, levels.index(0.5)].tolist(),
+            lower=result.values[:, levels.index(0.1)].tolist(),
+            upper=result.values[:, levels.index(0.9)].tolist(),
+            model=self.tag,
+        )
+
+    # Series and model information -----------------------------------------------------------
+
+    def find_series(self, unique_id: str) -> Series:
+        """Return the stored series, or raise SeriesNotFound naming close matches."""
+        if unique_id in self.history:
+            return self.history[unique_id]
+        raise SeriesNotFound(self._not_found_message(unique_id))
+
+    def _not_found_message(self, unique_id: str) -> str:
+        try:
+            zone, instance_type, product = split_series_id(unique_id)
+        except ValueError as error:
+            return str(error)
+        same_type = sorted(
+            uid for uid in self.history
+            if uid.startswith(f"{zone}/{instance_type}/")
+        )
+        if same_type:
+            products = [split_series_id(uid)[2] for uid in same_type]
+            return (
+                f"series {unique_id!r} not found: there is no data for product {product!r} of "
+                f"{instance_type} in {zone}; products with data: {', '.join(products)}"
+            )
+        close = difflib.get_close_matches(unique_id, list(self.history), n=5, cutoff=0.6)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        return f"series {unique_id!r} not found{hint}; POST /series lists the known series"
+
+    def list_series(self, query: SeriesFilter) -> list[SeriesInfo]:
+        """Stored series that match every given filter, sorted by id."""
+        result = []
+        for unique_id in sorted(self.history):
+            zone, instance_type, product = split_series_id(unique_id)
+            if query.availability_zone and zone != query.availability_zone:
+                continue
+            if query.region and region_of(zone) != query.region:
+                continue
+            if query.instance_type and instance_type != query.instance_type:
+                continue
+            if query.product_description and product != query.product_description:
+                continue
+            series = self.history[unique_id]
+            result.append(SeriesInfo(
+                unique_id=unique_id, last_ds=series.end.to_pydatetime(),
+                last_y=float(series.values[-1]), hours=len(series.values),
+            ))
+        return result
+
+    def model_info(self) -> ModelInfo:
+        """The model tag and its metadata, without the bulky empirical quantile table."""
+        metadata = dict(self.bundle.metadata)
+        guard = dict(metadata.get("guard") or {})
+        guard.pop("empirical_log_quantiles", None)
+        guard["note"] = (
+            "at baseline_steps the service answers with the last value and the empirical "
+            "quantiles of past price changes, because the network was less accurate there"
+        )
+        metadata["guard"] = guard
+        return ModelInfo(tag=self.tag, metadata=metadata)
+
+
+def format_level(level: float) -> str:
+    """Quantile key as it appears in responses: 0.1 -> '0.1', 0.05 -> '0.05'."""
+    return f"{level:g}"
+
+
+def check_finite_forecast(result: Forecast) -> None:
+    """Raise RuntimeError if a forecast holds NaN, infinity or a non-positive price."""
+    values = result.values
+    if not np.all(np.isfinite(values)) or not np.all(values > 0):
+        raise RuntimeError(
+            f"the forecast of {result.unique_id} holds non-finite or non-positive prices; "
+            "this is a bug in the model or its bundle"
+        )
+    if not math.isfinite(result.last_y):
+        raise RuntimeError(f"the last price of {result.unique_id} is not finite")
