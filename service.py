@@ -16,6 +16,7 @@ import logging
 import os
 from typing import Any
 
+import aiohttp
 import bentoml
 import numpy as np
 from starlette.responses import JSONResponse
@@ -44,6 +45,10 @@ NETWORK_ATTEMPTS = 3
     name="spot_forecast_network",
     workers=1,
     traffic={"timeout": 60, "max_concurrency": 2048},
+    # BentoML 1.4.40's client to a dependency replaces its HTTP session every `max_requests`
+    # calls (default 100) and closes the old one with calls still in flight, which fail with
+    # "Server disconnected". Keep one session; the retry below covers a replacement after max_age.
+    runner_connection={"max_requests": 1_000_000_000, "max_age": 86_400.0},
 )
 class ForecastNetwork:
     """The Keras network behind one batchable method."""
@@ -53,7 +58,7 @@ class ForecastNetwork:
     def __init__(self) -> None:
         from spot_forecast.network import load_predictor
 
-        self.predictor = load_predictor(self.bundle_ref, Settings())
+        self.predictor = load_predictor(type(self).bundle_ref, Settings())
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=2048, max_latency_ms=10_000)
     def predict_windows(self, windows: np.ndarray) -> np.ndarray:
@@ -73,11 +78,12 @@ class SpotForecast:
     network = bentoml.depends(ForecastNetwork)
 
     def __init__(self) -> None:
+        from spot_forecast.network import resolve_model
         from spot_forecast.store import load_bundle
 
         settings = Settings()
         self.app = ForecastApp(
-            load_bundle(self.bundle_ref, load_model=False), max_history=settings.max_history
+            load_bundle(resolve_model(type(self).bundle_ref), load_model=False), max_history=settings.max_history
         )
         logger.info("serving %s with %d series", self.app.tag, len(self.app.history))
 
@@ -85,7 +91,7 @@ class SpotForecast:
         for attempt in range(1, NETWORK_ATTEMPTS + 1):
             try:
                 return await self.network.to_async.predict_windows(windows)
-            except (ConnectionError, OSError) as error:
+            except (aiohttp.ClientConnectionError, ConnectionError) as error:
                 if attempt == NETWORK_ATTEMPTS:
                     raise
                 logger.warning("network call failed (%s), attempt %d of %d; retrying",
