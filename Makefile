@@ -1,0 +1,39 @@
+# ec2-spot-forecast: `make run` installs, trains if the store has no model, and serves;
+# `make test` installs and runs the tests.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL_NAME ?= spot_lstm
+HOST ?= 127.0.0.1
+PORT ?= 3000
+# The BentoML model store; kept outside the project folder so `bentoml build` never packs it.
+BENTOML_HOME ?= $(HOME)/bentoml
+export BENTOML_HOME
+
+.PHONY: install model run test build clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[test]"
+	touch $@
+
+model: install
+	@$(BIN)/bentoml models get $(MODEL_NAME):latest > /dev/null 2>&1 \
+		&& echo "Using $(MODEL_NAME):latest from $(BENTOML_HOME)" \
+		|| $(BIN)/python train.py
+
+run: model
+	$(BIN)/bentoml serve service:SpotForecast --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/pytest
+
+build: model
+	$(BIN)/bentoml build
+
+clean:
+	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
