@@ -21,6 +21,7 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse
 
+from spot_forecast.archive import ArchiveError
 from spot_forecast.config import Settings
 from spot_forecast.schemas import (
     ForecastRequest,
@@ -28,6 +29,7 @@ from spot_forecast.schemas import (
     ModelInfo,
     PredictRequest,
     PredictResponse,
+    RefreshResult,
     SeriesFilter,
     SeriesInfo,
 )
@@ -82,6 +84,7 @@ class SpotForecast:
         from spot_forecast.store import load_bundle
 
         settings = Settings()
+        self.settings = settings
         self.app = ForecastApp(
             load_bundle(resolve_model(type(self).bundle_ref), load_model=False), max_history=settings.max_history
         )
@@ -127,6 +130,16 @@ class SpotForecast:
     def series(self, **fields: Any) -> list[SeriesInfo]:
         """Series the service holds history for, with their last price and time."""
         return self.app.list_series(SeriesFilter.model_construct(**fields))
+
+    @bentoml.api(route="/refresh")
+    def refresh(self) -> RefreshResult:
+        """Reload the served history from the archive at SPOT_FORECAST_ARCHIVE_PATH."""
+        try:
+            return self.app.refresh_from_archive(
+                self.settings.archive_path, hours=self.settings.history_hours
+            )
+        except (RequestError, ArchiveError) as error:
+            return error_response(RequestError(str(error)))
 
     @bentoml.api(route="/model")
     def model(self) -> ModelInfo:

@@ -273,3 +273,37 @@ def test_mixed_lengths_match_single(served):
         assert body["unique_id"] == expected["unique_id"]
         assert len(body["steps"]) == len(expected["steps"])
         assert max_difference(body, expected) < 1e-6
+
+
+def test_refresh_reads_archive(service_module, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from spot_forecast.archive import append_prices
+    from spot_forecast.ingest import records_to_table
+
+    records = [
+        {"AvailabilityZone": "eu-west-1a", "InstanceType": "z9.large",
+         "ProductDescription": "Linux/UNIX", "SpotPrice": price, "Timestamp": ts}
+        for price, ts in [("0.050000", "2022-03-20T00:10:00Z"),
+                          ("0.052000", "2022-03-20T05:00:00Z")]
+    ]
+    table, _ = records_to_table(records)
+    append_prices(tmp_path / "archive", table)
+    monkeypatch.setenv("SPOT_FORECAST_ARCHIVE_PATH", str(tmp_path / "archive"))
+
+    svc = service_module.SpotForecast()
+    before = len(svc.app.history)
+    result = svc.refresh()
+    assert result.series == 1
+    assert result.total_series == before + 1
+    series = svc.app.find_series("eu-west-1a/z9.large/Linux/UNIX")
+    assert series.values[-1] == 0.052
+    assert series.end == pd.Timestamp("2022-03-20T05:00Z")
+
+
+def test_refresh_without_archive_fails_cleanly(service_module, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPOT_FORECAST_ARCHIVE_PATH", str(tmp_path / "missing"))
+    svc = service_module.SpotForecast()
+    response = svc.refresh()
+    assert response.status_code == 400
+    assert b"missing" in response.body

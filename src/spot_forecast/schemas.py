@@ -63,17 +63,15 @@ class PriceEvent(BaseModel):
 class ForecastRequest(BaseModel):
     """Forecast one series, from its stored history or from a history the client sends."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"series_id": "eu-west-1a/m5.large/Linux/UNIX", "horizon": 24}]
-        },
-    )
+    # NOTE: no `examples` in these schemas: BentoML 1.4.40's OpenAPI builder rejects the key.
+    model_config = ConfigDict(extra="forbid")
 
     series_id: str | None = Field(
         None,
-        description="Series id '<availability_zone>/<instance_type>/<product_description>'.",
-        examples=["eu-west-1a/m5.large/Linux/UNIX"],
+        description=(
+            "Series id '<availability_zone>/<instance_type>/<product_description>', "
+            "for example 'eu-west-1a/m5.large/Linux/UNIX'."
+        ),
     )
     history: list[Any] | None = Field(
         None,
@@ -215,3 +213,11 @@ class ModelInfo(BaseModel):
 
     tag: str
     metadata: dict[str, Any]
+
+
+class RefreshResult(BaseModel):
+    """Outcome of reloading the served history from the archive."""
+
+    series: int = Field(description="Series read from the archive.")
+    total_series: int = Field(description="Series served after the refresh.")
+    end: datetime = Field(description="Last grid time of the refreshed history.")

@@ -26,6 +26,7 @@ from spot_forecast.schemas import (
     Observation,
     PredictRequest,
     PredictResponse,
+    RefreshResult,
     SeriesFilter,
     SeriesInfo,
 )
@@ -207,6 +208,33 @@ class ForecastApp:
             model=self.tag,
         )
 
+    # Refreshing the stored history ----------------------------------------------------------
+
+    def refresh_from_archive(self, archive_path, *, hours: int) -> RefreshResult:
+        """Replace the served history with the last ``hours`` of every series in an archive.
+
+        Series in the archive replace stored series of the same id; series that only the model
+        bundle holds are kept. The swap is one assignment, so requests in flight see either the
+        old or the new history, never a mix.
+        """
+        from spot_forecast.archive import latest_by_region, read_archive
+        from spot_forecast.grid import to_panel
+
+        latest = latest_by_region(archive_path)
+        if not latest:
+            raise RequestError(f"the archive at {archive_path} holds no prices; run "
+                               "`spot-forecast ingest` first")
+        since = max(latest.values()) - hours * self.step
+        table = read_archive(archive_path, since=since)
+        panel = to_panel(table, freq=self.bundle.freq, end=max(latest.values()))
+        refreshed = {s.unique_id: trim(s, hours, self.step) for s in panel}
+        merged = {**self.history, **refreshed}
+        self.history = merged
+        logger.info("refreshed %d series from %s up to %s", len(refreshed), archive_path,
+                    panel.end.isoformat())
+        return RefreshResult(series=len(refreshed), total_series=len(merged),
+                             end=panel.end.to_pydatetime())
+
     # Series and model information -----------------------------------------------------------
 
     def find_series(self, unique_id: str) -> Series:
@@ -265,6 +293,14 @@ class ForecastApp:
         )
         metadata["guard"] = guard
         return ModelInfo(tag=self.tag, metadata=metadata)
+
+
+def trim(series: Series, hours: int, step: pd.Timedelta) -> Series:
+    """The last ``hours`` grid points of a series."""
+    if len(series.values) <= hours:
+        return series
+    dropped = len(series.values) - hours
+    return Series(series.unique_id, series.start + dropped * step, series.values[-hours:])
 
 
 def format_level(level: float) -> str:
