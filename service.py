@@ -1,29 +1,30 @@
 """BentoML service: the HTTP API of ec2-spot-forecast.
 
-Two services run as separate processes under ``bentoml serve``. ``SpotForecast`` is the public
-API: it validates requests, looks up stored histories and formats answers. ``ForecastNetwork``
-holds the Keras network and exposes one batchable method, so concurrent forecasts reach it as one
-model call through BentoML's adaptive batching. The logic lives in ``spot_forecast.serving``.
+``SpotForecast`` validates requests, looks up stored histories, runs the Keras network and formats
+answers. Concurrent forecasts share model calls through an in-process adaptive batcher, so a
+request costs one HTTP round trip and batches grow with the load. The logic lives in
+``spot_forecast.serving``; this file only wires it to BentoML.
 
-Serve with ``bentoml serve`` (the model tag comes from ``SPOT_FORECAST_MODEL_TAG``, by default
-``spot_lstm:latest``, resolved to a fixed version when ``bentoml build`` packs it).
+Serve with ``bentoml serve service:SpotForecast``. The model tag comes from
+``SPOT_FORECAST_MODEL_TAG`` (default ``spot_lstm:latest``); ``bentoml build`` packs that model and
+records its exact version.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import Any
 
-import aiohttp
 import bentoml
-import numpy as np
 from starlette.responses import JSONResponse
 
 from spot_forecast.archive import ArchiveError
 from spot_forecast.config import Settings
+from spot_forecast.http_limits import BodySizeLimit
 from spot_forecast.schemas import (
+    ForecastManyRequest,
+    ForecastManyResponse,
     ForecastRequest,
     ForecastResponse,
     ModelInfo,
@@ -33,98 +34,72 @@ from spot_forecast.schemas import (
     SeriesFilter,
     SeriesInfo,
 )
-from spot_forecast.serving import ForecastApp, PreparedForecast, RequestError, SeriesNotFound
+from spot_forecast.serving import PreparedForecast, RequestError, SeriesNotFound
 
 logger = logging.getLogger("spot_forecast.service")
 
 MODEL_TAG = os.environ.get("SPOT_FORECAST_MODEL_TAG", "spot_lstm:latest")
-#: Attempts of one call to the network service; calls are idempotent, so a dropped
-#: connection between the two processes is retried instead of failing the request.
-NETWORK_ATTEMPTS = 3
+SETTINGS = Settings()
 
-
-@bentoml.service(
-    name="spot_forecast_network",
-    workers=1,
-    traffic={"timeout": 60, "max_concurrency": 2048},
-    # BentoML 1.4.40's client to a dependency replaces its HTTP session every `max_requests`
-    # calls (default 100) and closes the old one with calls still in flight, which fail with
-    # "Server disconnected". Keep one session; the retry below covers a replacement after max_age.
-    runner_connection={"max_requests": 1_000_000_000, "max_age": 86_400.0},
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name="spot_forecast_adaptive_batch_size",
+    documentation="Windows per model call of the in-process adaptive batcher",
+    buckets=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
 )
-class ForecastNetwork:
-    """The Keras network behind one batchable method."""
-
-    bundle_ref = bentoml.models.BentoModel(MODEL_TAG)
-
-    def __init__(self) -> None:
-        from spot_forecast.network import load_predictor
-
-        self.predictor = load_predictor(type(self).bundle_ref, Settings())
-
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=2048, max_latency_ms=10_000)
-    def predict_windows(self, windows: np.ndarray) -> np.ndarray:
-        """Scaled log-ratio quantiles ``(batch, horizon, q)`` of windows ``(batch, lookback, f)``."""
-        return self.predictor(windows)
 
 
 @bentoml.service(
     name="spot_forecast",
-    workers=1,
+    workers=SETTINGS.workers,
     traffic={"timeout": 60, "max_concurrency": 1024},
 )
 class SpotForecast:
     """Forecasts of EC2 Spot prices with quantiles, by series id or from a client's history."""
 
     bundle_ref = bentoml.models.BentoModel(MODEL_TAG)
-    network = bentoml.depends(ForecastNetwork)
 
     def __init__(self) -> None:
-        from spot_forecast.network import resolve_model
-        from spot_forecast.store import load_bundle
+        from spot_forecast.network import load_app
 
-        settings = Settings()
-        self.settings = settings
-        self.app = ForecastApp(
-            load_bundle(resolve_model(type(self).bundle_ref), load_model=False), max_history=settings.max_history
+        self.settings = Settings()
+        self.app, self.batcher = load_app(
+            type(self).bundle_ref, self.settings, on_batch=BATCH_SIZE.observe
         )
         logger.info("serving %s with %d series", self.app.tag, len(self.app.history))
 
-    async def _run_network(self, windows: np.ndarray) -> np.ndarray:
-        for attempt in range(1, NETWORK_ATTEMPTS + 1):
-            try:
-                return await self.network.to_async.predict_windows(windows)
-            except (aiohttp.ClientConnectionError, ConnectionError) as error:
-                if attempt == NETWORK_ATTEMPTS:
-                    raise
-                logger.warning("network call failed (%s), attempt %d of %d; retrying",
-                               error, attempt, NETWORK_ATTEMPTS)
-                await asyncio.sleep(0.01 * attempt)
-        raise AssertionError("unreachable")
+    async def _forecast(self, items: list[PreparedForecast]):
+        import numpy as np
 
-    async def _forecast_one(self, item: PreparedForecast) -> np.ndarray:
-        scaled = await self._run_network(item.window[None])
-        return scaled[0]
+        windows = np.stack([item.window for item in items])
+        return await self.batcher.submit(windows)
 
     @bentoml.api(input_spec=ForecastRequest, route="/forecast")
     async def forecast(self, **fields: Any) -> ForecastResponse:
         """Quantile forecast of one series for the next ``horizon`` hours."""
-        request = ForecastRequest.model_construct(**fields)
         try:
-            item = self.app.prepare(request)
+            item = self.app.prepare(ForecastRequest.model_construct(**fields))
         except (RequestError, SeriesNotFound) as error:
             return error_response(error)
-        return self.app.respond(item, await self._forecast_one(item))
+        scaled = await self._forecast([item])
+        return self.app.respond(item, scaled[0])
+
+    @bentoml.api(input_spec=ForecastManyRequest, route="/forecast_many")
+    async def forecast_many(self, requests: list[dict[str, Any]]) -> ForecastManyResponse:
+        """Forecasts of many series in one model call; invalid items get their own error."""
+        prepared = self.app.prepare_many(requests)
+        valid = [item for item in prepared if isinstance(item, PreparedForecast)]
+        scaled = await self._forecast(valid) if valid else []
+        return self.app.respond_many(prepared, scaled)
 
     @bentoml.api(input_spec=PredictRequest, route="/predict")
     async def predict(self, **fields: Any) -> PredictResponse:
         """Older contract: ``{"data": [hourly prices]}`` to median and 80 % interval."""
-        request = PredictRequest.model_construct(**fields)
         try:
-            item = self.app.prepare_predict(request)
+            item = self.app.prepare_predict(PredictRequest.model_construct(**fields))
         except RequestError as error:
             return error_response(error)
-        return self.app.respond_predict(item, await self._forecast_one(item))
+        scaled = await self._forecast([item])
+        return self.app.respond_predict(item, scaled[0])
 
     @bentoml.api(input_spec=SeriesFilter, route="/series")
     def series(self, **fields: Any) -> list[SeriesInfo]:
@@ -145,6 +120,9 @@ class SpotForecast:
     def model(self) -> ModelInfo:
         """The served model's tag and metadata."""
         return self.app.model_info()
+
+
+SpotForecast.add_asgi_middleware(BodySizeLimit, max_body_bytes=SETTINGS.max_body_bytes)
 
 
 def error_response(error: RequestError | SeriesNotFound) -> JSONResponse:

@@ -250,9 +250,9 @@ def test_concurrent_requests_batched(served):
     buckets = {
         float(le): float(count)
         for le, count in re.findall(
-            r'bentoml_service_adaptive_batch_size_bucket\{le="([0-9.]+)".*?\} ([0-9.]+)', metrics)
+            r'spot_forecast_adaptive_batch_size_bucket\{.*?le="([0-9.]+)".*?\} ([0-9.]+)', metrics)
     }
-    total = float(re.search(r"bentoml_service_adaptive_batch_size_count\{.*?\} ([0-9.]+)",
+    total = float(re.search(r"spot_forecast_adaptive_batch_size_count(?:\{.*?\})? ([0-9.]+)",
                             metrics).group(1))
     assert buckets[1.0] < total, "no batch held more than one window"
 

@@ -50,7 +50,13 @@ class Settings(BaseSettings):
         4032, ge=8, description="Maximum number of hourly prices a client may send."
     )
     max_body_bytes: int = Field(5_000_000, ge=1024, description="Largest request body accepted.")
-    tf_threads: int = Field(0, ge=0, description="TensorFlow threads per worker; 0 means one per core.")
+    tf_threads: int = Field(
+        0, ge=0, description="TensorFlow threads per worker; 0 splits the usable cores among workers."
+    )
+    workers: int = Field(1, ge=1, description="Service worker processes, each with its own model.")
+    max_batch_size: int = Field(
+        2048, ge=1, description="Most windows in one model call of the adaptive batcher."
+    )
     archive_path: Path = Field(
         PROJECT_ROOT / "archive",
         description="Folder of the Parquet price archive that `spot-forecast ingest` appends to.",

@@ -1,13 +1,16 @@
-"""Loading the network for serving: threads, model file, compiled function, warm-up."""
+"""Loading the model for serving: threads, bundle, compiled function, batcher, warm-up."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from spot_forecast.batching import AdaptiveBatcher
 from spot_forecast.config import Settings
 from spot_forecast.forecast import Predictor
 from spot_forecast.model import configure_threads
@@ -18,7 +21,12 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_model(model_ref):
-    """Return the stored model of a ``bentoml.models.BentoModel``, naming the tag if missing."""
+    """Return the stored model of a ``bentoml.models.BentoModel``, naming the tag if missing.
+
+    A model that is already resolved (it has a ``path``) is returned as it is.
+    """
+    if hasattr(model_ref, "path") and hasattr(model_ref, "info"):
+        return model_ref
     try:
         return model_ref.resolve()
     except Exception as error:  # BentoML raises NotFound or a generic BentoMLException here
@@ -26,6 +34,40 @@ def resolve_model(model_ref):
             f"model {model_ref.tag} is not in the BentoML model store at $BENTOML_HOME; "
             "train it with `python train.py` (or `make run`), or build the Bento with the model"
         ) from error
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, or the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_per_worker(settings: Settings) -> int:
+    """TensorFlow threads for one worker: the setting, or the usable cores split among workers."""
+    if settings.tf_threads > 0:
+        return settings.tf_threads
+    return max(1, usable_cores() // settings.workers)
+
+
+def load_app(model_ref, settings: Settings, *, on_batch: Callable[[int], None] | None = None):
+    """Load the bundle and the network for one service worker.
+
+    Returns the ``ForecastApp`` and the ``AdaptiveBatcher`` that runs the network. Sets the
+    thread counts of OpenMP and TensorFlow first, because both read them only once.
+    """
+    from spot_forecast.serving import ForecastApp
+    from spot_forecast.store import load_bundle
+
+    threads = threads_per_worker(settings)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    stored = resolve_model(model_ref)
+    predictor = load_predictor(stored, settings.model_copy(update={"tf_threads": threads}))
+    bundle = load_bundle(stored, load_model=False)
+    app = ForecastApp(bundle, max_history=settings.max_history)
+    batcher = AdaptiveBatcher(predictor, max_batch_size=settings.max_batch_size,
+                              on_batch=on_batch)
+    return app, batcher
 
 
 def load_predictor(model_ref, settings: Settings) -> Predictor:

@@ -161,6 +161,40 @@ class ForecastResponse(BaseModel):
     steps: list[ForecastStep]
 
 
+class ForecastManyRequest(BaseModel):
+    """Many forecast requests in one body; each item has the fields of ``/forecast``.
+
+    Items are validated one by one, so an invalid item gets its own error and the others are
+    still answered.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[dict[str, Any]] = Field(description="Bodies of /forecast, answered in order.")
+
+    @field_validator("requests")
+    @classmethod
+    def _not_empty(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if len(value) == 0:
+            raise ValueError("requests is empty; send at least one forecast request")
+        return value
+
+
+class ForecastManyItem(BaseModel):
+    """The answer to one item of ``/forecast_many``: a forecast, or an error with its status."""
+
+    index: int
+    status: int = Field(description="HTTP status this item would get alone: 200, 400, 404, 422.")
+    forecast: ForecastResponse | None = None
+    error: str | None = None
+
+
+class ForecastManyResponse(BaseModel):
+    """Answers in the order of the requests."""
+
+    results: list[ForecastManyItem]
+
+
 class PredictRequest(BaseModel):
     """Older contract: hourly prices oldest first, the last one observed at the current hour."""
 

@@ -18,7 +18,11 @@ import pandas as pd
 
 from spot_forecast.forecast import Forecast, Guard, assemble
 from spot_forecast.grid import FrequencyError, Series, check_frequency, events_to_grid
+from pydantic import ValidationError
+
 from spot_forecast.schemas import (
+    ForecastManyItem,
+    ForecastManyResponse,
     ForecastRequest,
     ForecastResponse,
     ForecastStep,
@@ -82,6 +86,7 @@ class ForecastApp:
         self.step = pd.Timedelta(pd.tseries.frequencies.to_offset(bundle.freq))
         self.quantile_names = [format_level(q) for q in bundle.quantiles]
         self.history: dict[str, Series] = bundle.history
+        self._stored_windows: dict[str, PreparedForecast] = {}
 
     # Requests to model inputs ---------------------------------------------------------------
 
@@ -98,8 +103,7 @@ class ForecastApp:
             )
 
         if request.history is None:
-            stored = self.find_series(request.series_id or "")
-            return self._prepared(stored.unique_id, stored.values, stored.end, request.horizon)
+            return self._prepared_stored(request.series_id or "", request.horizon)
 
         unique_id = request.series_id or "client-history"
         if request.series_id is not None:
@@ -127,6 +131,35 @@ class ForecastApp:
         self._check_length(len(request.data))
         prices = np.asarray(request.data, dtype=np.float64)
         return self._prepared("client-history", prices, current_hour(), request.horizon)
+
+    def prepare_many(
+        self, bodies: list[dict]
+    ) -> list[PreparedForecast | tuple[int, str]]:
+        """Validate and prepare each body alone; failures become ``(status, message)``."""
+        prepared: list[PreparedForecast | tuple[int, str]] = []
+        for index, body in enumerate(bodies):
+            try:
+                request = ForecastRequest.model_validate(body)
+                prepared.append(self.prepare(request))
+            except ValidationError as error:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                    for e in error.errors(include_url=False)
+                )
+                prepared.append((400, f"requests[{index}] is invalid: {problems}"))
+            except (RequestError, SeriesNotFound) as error:
+                prepared.append((error.status, f"requests[{index}]: {error}"))
+        return prepared
+
+    def _prepared_stored(self, unique_id: str, horizon: int) -> PreparedForecast:
+        """Prepare a stored series; its window is built once and reused until a refresh."""
+        cached = self._stored_windows.get(unique_id)
+        if cached is None:
+            stored = self.find_series(unique_id)
+            cached = self._prepared(stored.unique_id, stored.values, stored.end, 1)
+            self._stored_windows[unique_id] = cached
+        return PreparedForecast(cached.unique_id, cached.prices, cached.end, horizon,
+                                cached.window)
 
     def _prepared(
         self, unique_id: str, prices: np.ndarray, end: pd.Timestamp, horizon: int
@@ -196,6 +229,22 @@ class ForecastApp:
             steps=steps,
         )
 
+    def respond_many(
+        self, prepared: list[PreparedForecast | tuple[int, str]], scaled: np.ndarray
+    ) -> ForecastManyResponse:
+        """Answers of ``/forecast_many``; ``scaled`` holds one row per prepared item, in order."""
+        results = []
+        row = 0
+        for index, item in enumerate(prepared):
+            if isinstance(item, PreparedForecast):
+                results.append(ForecastManyItem(index=index, status=200,
+                                                forecast=self.respond(item, scaled[row])))
+                row += 1
+            else:
+                status, message = item
+                results.append(ForecastManyItem(index=index, status=status, error=message))
+        return ForecastManyResponse(results=results)
+
     def respond_predict(self, item: PreparedForecast, scaled: np.ndarray) -> PredictResponse:
         """Format the forecast of ``item`` in the older ``/predict`` shape."""
         result = self.forecast(item, scaled)
@@ -230,6 +279,7 @@ class ForecastApp:
         refreshed = {s.unique_id: trim(s, hours, self.step) for s in panel}
         merged = {**self.history, **refreshed}
         self.history = merged
+        self._stored_windows = {}
         logger.info("refreshed %d series from %s up to %s", len(refreshed), archive_path,
                     panel.end.isoformat())
         return RefreshResult(series=len(refreshed), total_series=len(merged),
