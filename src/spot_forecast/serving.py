@@ -213,19 +213,23 @@ class ForecastApp:
         """Format the forecast of ``item`` as an API response."""
         result = self.forecast(item, scaled)
         check_finite_forecast(result)
+        # Plain Python values and model_construct: the values were checked above, and building
+        # validated models step by step cost more than the model call on large batches.
         median_index = result.quantiles.index(0.5)
+        first = item.end.to_pydatetime()
+        step = self.step.to_pytimedelta()
         steps = [
-            ForecastStep(
-                ds=ds.to_pydatetime(),
-                median=float(row[median_index]),
-                quantiles=dict(zip(self.quantile_names, map(float, row), strict=True)),
+            ForecastStep.model_construct(
+                ds=first + (h + 1) * step,
+                median=row[median_index],
+                quantiles=dict(zip(self.quantile_names, row, strict=True)),
             )
-            for ds, row in zip(result.ds, result.values, strict=True)
+            for h, row in enumerate(result.values.tolist())
         ]
-        return ForecastResponse(
+        return ForecastResponse.model_construct(
             unique_id=result.unique_id,
             model=self.tag,
-            last_observed=Observation(ds=result.last_ds.to_pydatetime(), y=result.last_y),
+            last_observed=Observation.model_construct(ds=first, y=result.last_y),
             steps=steps,
         )
 
