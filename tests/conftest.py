@@ -49,3 +49,24 @@ def small_model_tag(bundled_events: pd.DataFrame) -> str:
     result = train(settings, events=bundled_events, save=True, verbose=0)
     assert result.tag is not None
     return result.tag
+
+
+@pytest.fixture(scope="session")
+def service_module(small_model_tag):
+    """The service module, imported once the test store holds ``spot_lstm``."""
+    import service
+
+    return service
+
+
+@pytest.fixture(scope="session")
+def client(service_module):
+    """One ASGI test client for the whole run.
+
+    BentoML registers its Prometheus metrics when the ASGI app starts, and a second app in the
+    same process fails with DuplicateTimeseries, so every test module shares this client.
+    """
+    from starlette.testclient import TestClient
+
+    with TestClient(service_module.SpotForecast.to_asgi()) as test_client:
+        yield test_client

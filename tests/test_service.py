@@ -38,21 +38,6 @@ def max_difference(first: dict, second: dict) -> float:
     )
 
 
-@pytest.fixture(scope="module")
-def service_module(small_model_tag):
-    import service
-
-    return service
-
-
-@pytest.fixture(scope="module")
-def client(service_module):
-    from starlette.testclient import TestClient
-
-    with TestClient(service_module.SpotForecast.to_asgi()) as test_client:
-        yield test_client
-
-
 # In-process -------------------------------------------------------------------------------
 
 
