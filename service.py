@@ -35,6 +35,20 @@ from spot_forecast.schemas import (
     SeriesInfo,
 )
 from spot_forecast.serving import PreparedForecast, RequestError, SeriesNotFound
+from spot_forecast.decision_schemas import (
+    CheapestWindowRequest,
+    CheapestWindowResponse,
+    HistoryRequest,
+    HistoryResponse,
+    JobCostRequest,
+    JobCostResponse,
+    PriceRiskRequest,
+    PriceRiskResponse,
+    RankRequest,
+    RankResponse,
+)
+from spot_forecast.planning import Planner
+from spot_forecast.ui import create_app as create_ui_app
 
 logger = logging.getLogger("spot_forecast.service")
 
@@ -65,6 +79,7 @@ class SpotForecast:
         self.app, self.batcher = load_app(
             type(self).bundle_ref, self.settings, on_batch=BATCH_SIZE.observe
         )
+        self.planner = Planner(self.app)
         logger.info("serving %s with %d series", self.app.tag, len(self.app.history))
 
     async def _forecast(self, items: list[PreparedForecast]):
@@ -121,8 +136,50 @@ class SpotForecast:
         """The served model's tag and metadata."""
         return self.app.model_info()
 
+    # Decisions: the logic is in spot_forecast.planning and spot_forecast.decisions.
+
+    async def _plan(self, prepare: Any, request: Any) -> Any:
+        """Validate a decision request, run all its forecasts in one model call, answer it."""
+        try:
+            pending = prepare(request)
+        except (RequestError, SeriesNotFound) as error:
+            return error_response(error)
+        scaled = await self._forecast(pending.items) if pending.items else []
+        return self.planner.complete(pending, scaled)
+
+    @bentoml.api(input_spec=JobCostRequest, route="/job_cost")
+    async def job_cost(self, **fields: Any) -> JobCostResponse:
+        """Expected cost of one job and its 10th, 50th and 90th percentiles."""
+        return await self._plan(self.planner.job_cost, JobCostRequest.model_construct(**fields))
+
+    @bentoml.api(input_spec=CheapestWindowRequest, route="/cheapest_window")
+    async def cheapest_window(self, **fields: Any) -> CheapestWindowResponse:
+        """Start times and series ranked by the expected cost of a job."""
+        request = CheapestWindowRequest.model_construct(**fields)
+        return await self._plan(self.planner.cheapest_window, request)
+
+    @bentoml.api(input_spec=RankRequest, route="/rank")
+    async def rank(self, **fields: Any) -> RankResponse:
+        """Zones, instance types and products ranked by expected cost over a window."""
+        return await self._plan(self.planner.rank, RankRequest.model_construct(**fields))
+
+    @bentoml.api(input_spec=PriceRiskRequest, route="/price_risk")
+    async def price_risk(self, **fields: Any) -> PriceRiskResponse:
+        """Probability that the price exceeds a threshold at any hour of a window."""
+        return await self._plan(self.planner.price_risk, PriceRiskRequest.model_construct(**fields))
+
+    @bentoml.api(input_spec=HistoryRequest, route="/history")
+    def history(self, **fields: Any) -> HistoryResponse:
+        """The last hours of a stored series, oldest first."""
+        try:
+            return self.planner.history(HistoryRequest.model_construct(**fields))
+        except SeriesNotFound as error:
+            return error_response(error)
+
 
 SpotForecast.add_asgi_middleware(BodySizeLimit, max_body_bytes=SETTINGS.max_body_bytes)
+# The web page at /ui, served by the same process; it calls the JSON API above.
+SpotForecast.mount_asgi_app(create_ui_app(), path="/ui")
 
 
 def error_response(error: RequestError | SeriesNotFound) -> JSONResponse:

@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_ingest_command(commands)
     _add_history_command(commands)
+    _add_plot_command(commands)
     return parser
 
 
@@ -450,6 +451,94 @@ def plot_series(frame: pd.DataFrame, path: Path, *, title: str) -> None:
     axes.set_xlabel("time (UTC)")
     axes.set_ylabel("USD per instance-hour")
     axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=100)
+
+
+# ---------------------------------------------------------------------------------------------
+# plot
+
+
+def _add_plot_command(commands: argparse._SubParsersAction) -> None:
+    plot = commands.add_parser(
+        "plot",
+        help="draw a series' forecast fan chart as a PNG",
+        description="Forecast a series the stored model holds history for, in this process, and "
+        "draw its recent history, the median and the 80 %% and 90 %% intervals, as the /ui page "
+        "does.",
+    )
+    plot.add_argument("series_id", metavar="SERIES_ID", help="e.g. eu-west-1a/m5.large/Linux/UNIX")
+    plot.add_argument("--horizon", type=_positive_int, default=72,
+                      help="hours to forecast, 1 to the model's horizon (default 72)")
+    plot.add_argument("--history-hours", type=_positive_int, default=168,
+                      help="hours of history to draw (default 168)")
+    plot.add_argument("--out", type=Path, help="PNG file (default: SERIES_ID with / as _ .png)")
+    plot.add_argument("--model", help="model tag (default: SPOT_FORECAST_MODEL_TAG, else "
+                      "<model_name>:latest)")
+    plot.set_defaults(handler=_run_plot)
+
+
+def _run_plot(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from .forecast import Guard, Predictor, forecast_histories
+    from .store import ModelFormatError, load_bundle
+
+    tag = args.model or os.environ.get("SPOT_FORECAST_MODEL_TAG") or f"{settings.model_name}:latest"
+    try:
+        bundle = load_bundle(tag)
+    except ModelFormatError as error:
+        print(f"spot-forecast: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    series = bundle.history.get(args.series_id)
+    if series is None:
+        similar = [uid for uid in bundle.history if uid.split("/", 1)[-1] ==
+                   args.series_id.split("/", 1)[-1]]
+        hint = f"; series of the same type and product: {', '.join(sorted(similar))}" if similar else ""
+        print(f"spot-forecast: error: model {bundle.tag} holds no history for series "
+              f"{args.series_id!r}{hint}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.horizon > bundle.horizon:
+        print(f"spot-forecast: error: --horizon is {args.horizon}; model {bundle.tag} forecasts "
+              f"1 to {bundle.horizon} hours", file=sys.stderr)
+        return EXIT_FAILED
+
+    predictor = Predictor(bundle.model, bundle.lookback)
+    (forecast,) = forecast_histories(
+        predictor, [(series.unique_id, series.values, series.end, args.horizon)],
+        scaler=bundle.scaler, quantiles=bundle.quantiles, guard=Guard.from_metadata(bundle.metadata),
+    )
+    history = pd.Series(series.values, index=series.index()).iloc[-args.history_hours:]
+    out = args.out or Path(args.series_id.replace("/", "_").replace(" ", "_") + ".png")
+    plot_fan_chart(history, forecast, out, title=f"{args.series_id} ({bundle.tag})")
+    print(f"wrote {out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def plot_fan_chart(history: pd.Series, forecast, path: Path, *, title: str) -> None:
+    """Draw hourly history as steps, then the forecast median and its 80 % and 90 % bands."""
+    from matplotlib.figure import Figure
+
+    levels = list(forecast.quantiles)
+    times = forecast.ds.insert(0, forecast.last_ds)
+
+    def with_last(level: float):
+        return [forecast.last_y, *forecast.values[:, levels.index(level)]]
+
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    axes = figure.subplots()
+    axes.step(history.index, history.to_numpy(), where="post", color="#333333", label="history")
+    if 0.05 in levels and 0.95 in levels:
+        axes.fill_between(times, with_last(0.05), with_last(0.95), color="#1565c0", alpha=0.12,
+                          linewidth=0, label="90 % interval")
+    axes.fill_between(times, with_last(0.1), with_last(0.9), color="#1565c0", alpha=0.25,
+                      linewidth=0, label="80 % interval")
+    axes.plot(times, with_last(0.5), color="#1565c0", linewidth=2, label="median")
+    axes.axvline(forecast.last_ds, color="#888888", linestyle="--", linewidth=1)
+    axes.set_title(title)
+    axes.set_xlabel("time (UTC)")
+    axes.set_ylabel("USD per instance-hour")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left")
     figure.savefig(path, dpi=100)
 
 
