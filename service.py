@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 
 from spot_forecast.archive import ArchiveError
 from spot_forecast.config import Settings
-from spot_forecast.http_limits import BodySizeLimit
+from spot_forecast.http_limits import BodySizeLimit, FormBodyRejection
 from spot_forecast.schemas import (
     ForecastManyRequest,
     ForecastManyResponse,
@@ -178,6 +178,7 @@ class SpotForecast:
 
 
 SpotForecast.add_asgi_middleware(BodySizeLimit, max_body_bytes=SETTINGS.max_body_bytes)
+SpotForecast.add_asgi_middleware(FormBodyRejection)
 # The web page at /ui, served by the same process; it calls the JSON API above.
 SpotForecast.mount_asgi_app(create_ui_app(), path="/ui")
 

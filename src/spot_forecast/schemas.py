@@ -8,19 +8,32 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 #: Upper bound of any horizon; a model may support less (checked against its metadata).
 MAX_HORIZON = 168
+
+#: Accepted prices in USD per instance-hour. 1e-6 is the smallest step of the six decimals AWS
+#: quotes, and no Spot price comes near 1e5. The network moves a price by at most a factor of
+#: exp(20) either way (``model.to_prices``), so every forecast of a price in this range is a
+#: positive finite float.
+MIN_PRICE = 1e-6
+MAX_PRICE = 1e5
+
+#: Accepted times. pandas stores times as int64 nanoseconds (1677-09-21 to 2262-04-11); the
+#: bounds leave room for 4032 history hours before and 168 forecast hours after.
+MIN_TIME = datetime(1679, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2262, 1, 1, tzinfo=UTC)
 
 
 def as_utc(value: datetime) -> datetime:
@@ -30,8 +43,60 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def shorten(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parse_time(value: Any, handler, field: str) -> datetime | None:
+    """Parse an ISO 8601 time with pydantic's ``handler``, naming ``field`` and the value if not.
+
+    Numbers are rejected too: pydantic would read them as Unix seconds.
+    """
+    if isinstance(value, bool | int | float):
+        raise ValueError(
+            f"{field} is {value!r}, not an ISO 8601 time; send a time such as "
+            "2024-05-10T06:00:00Z"
+        )
+    try:
+        parsed = handler(value)
+    except ValidationError as error:
+        reason = error.errors(include_url=False)[0]["msg"]
+        raise ValueError(
+            f"{field} is {shorten(value)}, not an ISO 8601 time ({reason}); send a time such as "
+            "2024-05-10T06:00:00Z"
+        ) from None
+    return parsed
+
+
+def check_time(value: datetime, field: str) -> datetime:
+    """Return ``value`` in UTC, or raise ValueError naming ``field`` if it is out of range."""
+    value = as_utc(value)
+    if not MIN_TIME <= value < MAX_TIME:
+        raise ValueError(
+            f"{field} is {value.isoformat()}; send a time from {MIN_TIME.date()} to "
+            f"{MAX_TIME.date()} UTC"
+        )
+    return value
+
+
+def check_horizon(value: Any) -> Any:
+    """Reject a horizon that is not a whole number, naming the value; pydantic converts the rest.
+
+    Without this, pydantic's lax mode reads ``true`` as 1 hour and ``"24"`` as 24 hours.
+    """
+    whole_float = isinstance(value, float) and value.is_integer()
+    if isinstance(value, bool) or not (isinstance(value, int) or whole_float):
+        raise ValueError(
+            f"horizon is {shorten(value)}, not a whole number; send an integer from 1 to "
+            f"{MAX_HORIZON} hours"
+        )
+    return value
+
+
 def check_price(value: Any, field: str) -> float:
-    """Return ``value`` as a positive finite float, or raise ValueError naming ``field``."""
+    """Return ``value`` as a finite float from MIN_PRICE to MAX_PRICE, or raise ValueError."""
     if value is None:
         raise ValueError(f"{field} is null; send a positive price in USD per hour")
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -43,7 +108,24 @@ def check_price(value: Any, field: str) -> float:
         raise ValueError(f"{field} is {price}, which is not finite; send a positive price")
     if price <= 0:
         raise ValueError(f"{field} is {price}; prices must be greater than 0")
+    if not MIN_PRICE <= price <= MAX_PRICE:
+        raise ValueError(
+            f"{field} is {price}; send a price from {MIN_PRICE:g} to {MAX_PRICE:g} USD per hour"
+        )
     return price
+
+
+# Ranges for the OpenAPI document only. The validators below check the same ranges and name the
+# value in their messages, so keep both equal.
+PRICE_SCHEMA = {"type": "number", "minimum": MIN_PRICE, "maximum": MAX_PRICE}
+HORIZON_SCHEMA = {"minimum": 1, "maximum": MAX_HORIZON}
+EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["ds", "y"],
+    "additionalProperties": False,
+    "properties": {"ds": {"type": "string", "format": "date-time"}, "y": PRICE_SCHEMA},
+}
+HISTORY_ITEM_SCHEMA = {"anyOf": [PRICE_SCHEMA, EVENT_SCHEMA]}
 
 
 class PriceEvent(BaseModel):
@@ -52,12 +134,18 @@ class PriceEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ds: datetime = Field(description="Time of the change, ISO 8601; naive times are UTC.")
-    y: float = Field(description="Price in USD per instance-hour from ds on.")
+    # strict: lax mode would read true as 1.0 and "0.03" as 0.03.
+    y: float = Field(strict=True, description="Price in USD per instance-hour from ds on.")
+
+    @field_validator("ds", mode="wrap")
+    @classmethod
+    def _parse_ds(cls, value: Any, handler) -> datetime:
+        return parse_time(value, handler, "ds")
 
     @field_validator("ds")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        return as_utc(value)
+        return check_time(value, "ds")
 
 
 class ForecastRequest(BaseModel):
@@ -73,12 +161,13 @@ class ForecastRequest(BaseModel):
             "for example 'eu-west-1a/m5.large/Linux/UNIX'."
         ),
     )
-    history: list[Any] | None = Field(
+    history: list[Annotated[Any, WithJsonSchema(HISTORY_ITEM_SCHEMA)]] | None = Field(
         None,
         description=(
             "The client's own history: hourly prices oldest first, or price-change events "
             "[{'ds': ..., 'y': ...}] that the service puts on the hourly grid."
         ),
+        json_schema_extra={"minItems": 1},
     )
     history_end: datetime | None = Field(
         None,
@@ -87,8 +176,18 @@ class ForecastRequest(BaseModel):
             "and to the hour at or after the last event for events."
         ),
     )
-    horizon: int = Field(24, description="Hours to forecast, 1 to 168.")
+    horizon: int = Field(24, description="Hours to forecast, 1 to 168.",
+                         json_schema_extra=HORIZON_SCHEMA)
     freq: str = Field("1h", description="Step of the forecast; the model supports only '1h'.")
+    quantiles: list[float] | None = Field(
+        None,
+        description=(
+            "Quantile levels to return, a subset of the model's levels (POST /model lists them); "
+            "all levels when omitted. The median is always returned."
+        ),
+    )
+
+    _horizon_type = field_validator("horizon", mode="before")(check_horizon)
 
     @field_validator("horizon")
     @classmethod
@@ -97,10 +196,54 @@ class ForecastRequest(BaseModel):
             raise ValueError(f"horizon is {value}; it must be between 1 and {MAX_HORIZON} hours")
         return value
 
+    @field_validator("series_id", "freq", mode="wrap")
+    @classmethod
+    def _name_the_value(cls, value: Any, handler, info) -> Any:
+        # BentoML leaves the input out of its 400 body, so the message must carry the value.
+        try:
+            return handler(value)
+        except ValidationError as error:
+            reason = error.errors(include_url=False)[0]["msg"]
+            raise ValueError(f"{info.field_name} is {shorten(value)}: {reason}") from None
+
+    @field_validator("history_end", mode="wrap")
+    @classmethod
+    def _parse_end(cls, value: Any, handler) -> datetime | None:
+        return parse_time(value, handler, "history_end")
+
     @field_validator("history_end")
     @classmethod
     def _end_utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else as_utc(value)
+        return None if value is None else check_time(value, "history_end")
+
+    @field_validator("quantiles", mode="before")
+    @classmethod
+    def _quantile_levels(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, list) or len(value) == 0:
+            raise ValueError(
+                f"quantiles is {shorten(value)}; send a non-empty list of levels such as "
+                "[0.1, 0.9], or omit it for all levels"
+            )
+        for index, level in enumerate(value):
+            number = isinstance(level, int | float) and not isinstance(level, bool)
+            if not number or not 0 < level < 1:
+                raise ValueError(
+                    f"quantiles[{index}] is {shorten(level)}; send a level between 0 and 1, "
+                    "such as 0.9"
+                )
+        return value
+
+    @field_validator("history", mode="before")
+    @classmethod
+    def _history_type(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, list):
+            raise ValueError(
+                f"history is {shorten(value)}, not a valid array; send hourly prices oldest "
+                "first, or price events [{'ds': ..., 'y': ...}]"
+            )
+        return value
 
     @field_validator("history")
     @classmethod
@@ -118,7 +261,9 @@ class ForecastRequest(BaseModel):
                     problems = "; ".join(
                         f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
                     )
-                    raise ValueError(f"history[{index}] is not a price event ({problems})") from None
+                    raise ValueError(
+                        f"history[{index}] is {shorten(item)}, not a price event ({problems})"
+                    ) from None
                 check_price(event.y, f"history[{index}].y")
                 events.append(event)
             return events
@@ -200,8 +345,21 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: list[Any] = Field(description="Hourly prices in USD per hour, oldest first.")
-    horizon: int = Field(24, description="Hours to forecast, 1 to 168.")
+    data: list[Any] = Field(description="Hourly prices in USD per hour, oldest first.",
+                            json_schema_extra={"minItems": 1, "items": PRICE_SCHEMA})
+    horizon: int = Field(24, description="Hours to forecast, 1 to 168.",
+                         json_schema_extra=HORIZON_SCHEMA)
+
+    _horizon_type = field_validator("horizon", mode="before")(check_horizon)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_type(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValueError(
+                f"data is {shorten(value)}, not a valid array; send hourly prices oldest first"
+            )
+        return value
 
     @field_validator("data")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -68,6 +68,8 @@ class PreparedForecast:
     end: pd.Timestamp
     horizon: int
     window: np.ndarray
+    #: Positions of the requested quantile levels in the model's levels; None returns all.
+    levels: tuple[int, ...] | None = None
 
 
 def current_hour() -> pd.Timestamp:
@@ -101,13 +103,19 @@ class ForecastApp:
                 f"horizon is {request.horizon}; this model forecasts 1 to "
                 f"{self.bundle.horizon} hours"
             )
+        levels = self._quantile_positions(request.quantiles)
 
         if request.history is None:
-            return self._prepared_stored(request.series_id or "", request.horizon)
+            stored = self._prepared_stored(request.series_id or "", request.horizon)
+            return replace(stored, levels=levels)
 
         unique_id = request.series_id or "client-history"
         if request.series_id is not None:
-            split_series_id(request.series_id)  # the id must be well formed even when unknown
+            try:
+                # The id must be well formed even when it only labels a client's history.
+                split_series_id(request.series_id)
+            except ValueError as error:
+                raise RequestError(str(error)) from None
         if request.has_events:
             prices, end = self._grid_events(request)
         else:
@@ -119,7 +127,26 @@ class ForecastApp:
                     f"send a time on the hour such as {end.floor(self.step).isoformat()}"
                 )
         self._check_length(len(prices))
-        return self._prepared(unique_id, prices, end, request.horizon)
+        return replace(self._prepared(unique_id, prices, end, request.horizon), levels=levels)
+
+    def _quantile_positions(self, requested: list[float] | None) -> tuple[int, ...] | None:
+        """Return the positions of the requested levels among the model's levels.
+
+        Raises RequestError naming the unknown level and the accepted ones.
+        """
+        if requested is None:
+            return None
+        positions = set()
+        for level in requested:
+            matches = [index for index, known in enumerate(self.bundle.quantiles)
+                       if math.isclose(level, known, rel_tol=0, abs_tol=1e-9)]
+            if not matches:
+                raise RequestError(
+                    f"quantiles contains {level:g}, which this model does not forecast; send levels "
+                    f"from {', '.join(self.quantile_names)}"
+                )
+            positions.add(matches[0])
+        return tuple(sorted(positions))
 
     def prepare_predict(self, request: PredictRequest) -> PreparedForecast:
         """Build the window of an older ``/predict`` request, ending at the current hour."""
@@ -183,6 +210,8 @@ class ForecastApp:
             raise RequestError(
                 f"history_end {end.isoformat()} is before the first event {ds[0].isoformat()}"
             )
+        # Check the length before building the grid: events years apart make millions of hours.
+        self._check_length((end - ds[0].ceil(self.step)) // self.step + 1)
         _, prices = events_to_grid(ds, np.array([e.y for e in events]), end=end, step=self.step)
         if len(prices) == 0:
             raise RequestError(
@@ -218,11 +247,13 @@ class ForecastApp:
         median_index = result.quantiles.index(0.5)
         first = item.end.to_pydatetime()
         step = self.step.to_pytimedelta()
+        levels = range(len(self.quantile_names)) if item.levels is None else item.levels
+        names = [(self.quantile_names[index], index) for index in levels]
         steps = [
             ForecastStep.model_construct(
                 ds=first + (h + 1) * step,
                 median=row[median_index],
-                quantiles=dict(zip(self.quantile_names, row, strict=True)),
+                quantiles={name: row[index] for name, index in names},
             )
             for h, row in enumerate(result.values.tolist())
         ]
