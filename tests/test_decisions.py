@@ -233,4 +233,25 @@ def test_replay_with_perfect_forecasts():
     assert placement["extra_cost_percent"] == pytest.approx(0.0, abs=1e-9)
     assert placement["baseline_extra_cost_percent"] > 0
     assert results["job_cost"]["coverage_80"] == 1.0
-    assert results["targets"]["job-cost 80 % interval coverage in [78 %, 82 %]"]["met"] is False
+    target = results["targets"]["job-cost 80 % interval coverage in [78 %, 82 %], ties covered"]
+    assert target["met"] is False
+
+
+def test_cost_levels_interpolate_log_hours():
+    model = PathModel(cost_levels=((4.0, 0.2, 0.5, 0.8), (64.0, 0.1, 0.5, 0.9)))
+    assert model.levels_for(1.0) == (0.2, 0.5, 0.8)
+    assert model.levels_for(100.0) == (0.1, 0.5, 0.9)
+    low, middle, high = model.levels_for(16.0)  # halfway between 4 and 64 in log hours
+    assert low == pytest.approx(0.15)
+    assert middle == pytest.approx(0.5)
+    assert high == pytest.approx(0.85)
+
+
+def test_path_model_metadata_round_trip():
+    from spot_forecast.decision_backtest import path_model_metadata
+
+    model = PathModel(rho=0.97, cost_levels=((4.0, 0.2, 0.5, 0.8),),
+                      risk_knots=((0.0, 0.5, 1.0), (0.0, 0.3, 1.0)), min_saving_percent=0.2)
+    loaded = PathModel.from_metadata({"sample_paths": path_model_metadata(model)})
+    assert loaded == model
+    assert loaded.risk_probability(0.25) == pytest.approx(0.15)

@@ -1,7 +1,8 @@
 """Decision endpoints through the ASGI app: job cost, cheapest window, rank, price risk, history.
 
 The service runs the tiny model of conftest, trained on real eu-west-1 data. Every stored series
-ends at the same hour on 2022-03-13, read from ``/series`` as ``LAST``.
+ends at the same hour on 2022-03-13, read from ``/series`` as ``LAST``. The ``client`` fixture is
+the shared ASGI test client of conftest.
 """
 
 from __future__ import annotations
@@ -13,16 +14,6 @@ import pytest
 SERIES = "eu-west-1a/m5.large/Linux/UNIX"
 OTHER = "eu-west-1b/m5.large/Linux/UNIX"
 LAST = datetime.fromisoformat("2022-03-13T15:00:00+00:00")
-
-
-@pytest.fixture(scope="module")
-def client(small_model_tag):
-    from starlette.testclient import TestClient
-
-    import service
-
-    with TestClient(service.SpotForecast.to_asgi()) as test_client:
-        yield test_client
 
 
 def test_stored_series_end_at_last(client):
@@ -326,3 +317,45 @@ def test_ui_loads_nothing_external(client):
         text = client.get(f"/ui/{name}").text
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")
         assert "https://" not in text
+
+
+# Recommendations ----------------------------------------------------------------------------------
+
+WINDOW_BODY = {"candidates": [{"series_id": SERIES}, {"series_id": OTHER}],
+               "duration_hours": 4, "deadline_hours": 24}
+
+
+def test_recommendation_without_margin_is_best(client):
+    body = client.post("/cheapest_window", json={**WINDOW_BODY, "min_saving_percent": 0}).json()
+    assert body["min_saving_percent"] == 0
+    assert body["recommended"] == body["windows"][0]
+
+
+def test_recommendation_large_margin_starts_now(client):
+    body = client.post("/cheapest_window", json={**WINDOW_BODY, "min_saving_percent": 100}).json()
+    assert body["recommended"]["unique_id"] == body["baseline"]["unique_id"]
+    assert body["recommended"]["start"] == body["baseline"]["start"]
+
+
+def test_rank_large_margin_keeps_cheapest_now(client):
+    body = client.post("/rank", json={"instance_types": ["m5.large"], "region": "eu-west-1",
+                                      "hours": 24, "min_saving_percent": 100}).json()
+    lowest = min(body["ranked"], key=lambda p: p["last_price"])
+    assert body["cheapest_now"] == lowest["unique_id"]
+    assert body["recommended"]["unique_id"] == lowest["unique_id"]
+
+
+def test_rank_default_margin_reported(client):
+    from spot_forecast.decisions import PathModel
+
+    # The test bundle stores no path model, so the packaged fit applies.
+    body = client.post("/rank", json={"instance_types": ["m5.large"], "region": "eu-west-1",
+                                      "hours": 24}).json()
+    assert body["min_saving_percent"] == PathModel.from_metadata({}).min_saving_percent
+    assert body["recommended"]["unique_id"] in {p["unique_id"] for p in body["ranked"]}
+
+
+def test_negative_margin_rejected(client):
+    response = client.post("/cheapest_window", json={**WINDOW_BODY, "min_saving_percent": -1})
+    assert response.status_code == 400
+    assert "min_saving_percent is -1.0" in response.text

@@ -76,11 +76,11 @@ def test_page_draws_fan_chart(chromium, served, tmp_path):
     band = re.search(r'<polygon class="band80" points="([^"]+)"', dom)
     assert band is not None
     assert len(band.group(1).split()) == 50
-    assert "answered" not in dom  # no API error shown in a status line
+    assert "returned" not in dom  # no API error shown in a status line
 
 
 def test_page_shows_api_error(chromium, served, tmp_path):
     dom = dump_dom(chromium, f"{served.url}/ui/?series=eu-west-1a/m5.larg/Linux/UNIX",
                    tmp_path / "profile")
-    assert "answered 404" in dom
+    assert "returned 404" in dom
     assert "close matches" in dom

@@ -462,7 +462,7 @@ def _add_plot_command(commands: argparse._SubParsersAction) -> None:
     plot = commands.add_parser(
         "plot",
         help="draw a series' forecast fan chart as a PNG",
-        description="Forecast a series the stored model holds history for, in this process, and "
+        description="Forecast a series that the stored model has history for, in this process, and "
         "draw its recent history, the median and the 80 %% and 90 %% intervals, as the /ui page "
         "does.",
     )

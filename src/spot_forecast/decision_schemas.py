@@ -34,6 +34,20 @@ def optional_utc(value: datetime | None) -> datetime | None:
     return None if value is None else as_utc(value)
 
 
+def check_saving_percent(value: float | None) -> float | None:
+    """Return ``value`` if it is None or a percentage from 0 to 100, else raise."""
+    if value is not None and (not math.isfinite(value) or not 0 <= value <= 100):
+        raise ValueError(f"min_saving_percent is {value}; it must be between 0 and 100")
+    return value
+
+
+MIN_SAVING_DESCRIPTION = (
+    "Expected saving, in percent of the cost of the candidate cheapest right now, below which "
+    "the recommendation stays with that candidate. Defaults to the margin fitted on the "
+    "decision backtest; 0 recommends the lowest expected cost however small the saving."
+)
+
+
 class SeriesSource(BaseModel):
     """A series to plan on: a stored series by id, or the client's own history.
 
@@ -66,7 +80,7 @@ class SeriesSource(BaseModel):
         return self
 
     def forecast_request(self, horizon: int) -> ForecastRequest:
-        """The forecast request of this series for ``horizon`` hours (already validated)."""
+        """Build the forecast request of this series for ``horizon`` hours, without revalidating."""
         return ForecastRequest.model_construct(
             series_id=self.series_id, history=self.history, history_end=self.history_end,
             horizon=horizon, freq=self.freq,
@@ -136,8 +150,10 @@ class CheapestWindowRequest(BaseModel):
     limit: int | None = Field(
         None, description="Return only the best `limit` windows; all when omitted."
     )
+    min_saving_percent: float | None = Field(None, description=MIN_SAVING_DESCRIPTION)
 
     _start_utc = field_validator("earliest_start", "deadline")(optional_utc)
+    _saving = field_validator("min_saving_percent")(check_saving_percent)
 
     @field_validator("candidates")
     @classmethod
@@ -209,6 +225,11 @@ class CheapestWindowResponse(BaseModel):
     earliest_start: datetime
     deadline: datetime
     baseline: Baseline
+    recommended: WindowOption = Field(
+        description="The best window if it saves at least min_saving_percent against the "
+        "baseline, else starting at once on the baseline's series."
+    )
+    min_saving_percent: float
     windows: list[WindowOption]
     method: str
 
@@ -223,7 +244,7 @@ class RankRequest(BaseModel):
         None, description="Availability zones, e.g. ['eu-west-1a']; send this or region."
     )
     region: str | None = Field(
-        None, description="A region, meaning every zone of it that the service holds data for."
+        None, description="A region, meaning every zone of it that the service has data for."
     )
     product_descriptions: list[str] = Field(
         ["Linux/UNIX"], description="Products, exact strings, e.g. ['Linux/UNIX', 'Windows']."
@@ -233,8 +254,10 @@ class RankRequest(BaseModel):
         description="Start of the window, UTC. Defaults to each series' last observation.",
     )
     hours: float = Field(description="Length of the window in hours, greater than 0, at most 168.")
+    min_saving_percent: float | None = Field(None, description=MIN_SAVING_DESCRIPTION)
 
     _start_utc = field_validator("start")(optional_utc)
+    _saving = field_validator("min_saving_percent")(check_saving_percent)
 
     @field_validator("instance_types", "zones", "product_descriptions")
     @classmethod
@@ -288,6 +311,14 @@ class RankResponse(BaseModel):
 
     model: str
     hours: float
+    cheapest_now: str | None = Field(
+        description="The ranked candidate with the lowest last observed price."
+    )
+    recommended: RankedPlacement | None = Field(
+        description="Rank 1 if it saves at least min_saving_percent against cheapest_now, else "
+        "cheapest_now; null when nothing could be ranked."
+    )
+    min_saving_percent: float
     ranked: list[RankedPlacement]
     unavailable: list[Unavailable]
     method: str

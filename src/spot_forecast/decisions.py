@@ -15,15 +15,23 @@ Sample-path method (a Gaussian copula with an AR(1) latent process):
    forecast's levels (``Phi^-1(0.05) .. Phi^-1(0.95)``), and extended past the outermost levels
    with the slope of the outermost segment, so the tails behave like a log-normal one.
 3. A job's cost on a path is the sum of price times the hours the job overlaps each grid hour.
-   Its percentiles are the empirical percentiles over the paths; its expected cost is the sum of
+   Its percentiles are the empirical percentiles over the paths. Its expected cost is the sum of
    the marginal means, computed on a fixed grid of levels so that it does not depend on the draw.
 
 ``rho`` sets how persistent a path is. With ``rho = 1`` a path stays at one quantile level for
 the whole horizon and the percentiles of a sum become sums of percentiles. With ``rho = 0`` the
 hours are independent and the spread of a long job shrinks. Spot prices change a few times a day
-and then hold, so the right value is close to 1. ``DEFAULT_RHO`` was chosen on the development
-backtest (see ``decision_backtest``): it is the value whose 80 % job-cost intervals covered the
-actual cost closest to 80 % on the calibration days before the evaluation period.
+and then hold, so the right value is close to 1.
+
+Three corrections are fitted on calibration days before the evaluation period (see
+``decision_backtest``), because the network's hourly intervals are wider than their nominal
+levels: the path levels reported as the 10th, 50th and 90th cost percentiles, by job length
+(quantile recalibration of the job-cost PIT), an isotonic map from path exceedance frequencies to
+probabilities, and the smallest expected saving for which a recommendation leaves "cheapest right
+now". A bundle may carry its own under ``metadata["sample_paths"]``. Otherwise the values in
+``path_model.json`` beside this module apply, which ``decision_backtest --save-defaults`` wrote
+from the development backtest in ``docs/decisions.md``. The ``DEFAULT_*`` constants below are
+the uncalibrated fallbacks.
 
 Grid convention (as in ``grid``): grid point ``j`` is the time ``last_ds + j`` hours and its price
 is in force until the next grid point. Point 0 is the last observed price, known for sure, and
@@ -33,8 +41,10 @@ observed price for its first hour.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -45,12 +55,19 @@ from spot_forecast.forecast import Forecast
 HOUR = pd.Timedelta(hours=1)
 
 #: Lag-1 correlation of the latent normal scores between consecutive hours.
-DEFAULT_RHO = 0.98
+DEFAULT_RHO = 0.99
+#: Rows ``(job hours, level of p10, level of p50, level of p90)``: the path levels reported as
+#: the 10th, 50th and 90th cost percentiles, interpolated in log job hours between rows.
+DEFAULT_COST_LEVELS: tuple[tuple[float, float, float, float], ...] = ((1.0, 0.1, 0.5, 0.9),)
+#: Isotonic map from path exceedance frequency to probability: knots ``(x, y)``.
+DEFAULT_RISK_KNOTS: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0, 1.0), (0.0, 1.0))
+#: Expected saving, in percent of the "cheapest right now" cost, below which it is recommended.
+DEFAULT_MIN_SAVING_PERCENT = 0.1
+#: Fitted path-model values shipped beside this module.
+PATH_MODEL_FILE = "path_model.json"
 #: Paths drawn per forecast. The Monte Carlo error of a 10th percentile with 2,000 paths is
 #: about 0.7 percentage points of level, small beside the width of an 80 % interval.
 DEFAULT_PATHS = 2000
-#: Levels reported for a cost.
-COST_LEVELS = (0.1, 0.5, 0.9)
 
 _STANDARD_NORMAL = NormalDist()
 #: Normal scores of 1,000 evenly spaced levels, for marginal means by the midpoint rule.
@@ -61,7 +78,7 @@ _MEAN_GRID = np.array(
 
 @dataclass(frozen=True)
 class PathModel:
-    """How sample paths are drawn: AR(1) correlation ``rho``, number of paths and seed.
+    """Settings of the sample paths: AR(1) correlation, path count, seed and calibration.
 
     The seed is fixed, so the same request always gets the same percentiles.
     """
@@ -69,6 +86,9 @@ class PathModel:
     rho: float = DEFAULT_RHO
     n_paths: int = DEFAULT_PATHS
     seed: int = 0
+    cost_levels: tuple[tuple[float, float, float, float], ...] = DEFAULT_COST_LEVELS
+    risk_knots: tuple[tuple[float, ...], tuple[float, ...]] = DEFAULT_RISK_KNOTS
+    min_saving_percent: float = DEFAULT_MIN_SAVING_PERCENT
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rho <= 1.0:
@@ -78,10 +98,39 @@ class PathModel:
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> PathModel:
-        """The path model a bundle's metadata names under ``sample_paths``, else the defaults."""
-        stored = metadata.get("sample_paths") or {}
-        return cls(rho=float(stored.get("rho", DEFAULT_RHO)),
-                   n_paths=int(stored.get("n_paths", DEFAULT_PATHS)))
+        """Build the path model that bundle metadata names under ``sample_paths``.
+
+        Without it, the fit of ``path_model.json`` applies.
+        """
+        # NOTE: path_model.json was fitted on a model trained before 2022-02-11. A bundle trained
+        # on other data gets those corrections until its training stores its own fit.
+        stored = metadata.get("sample_paths") or packaged_path_model()
+        knots = stored.get("risk_knots", DEFAULT_RISK_KNOTS)
+        return cls(
+            rho=float(stored.get("rho", DEFAULT_RHO)),
+            n_paths=int(stored.get("n_paths", DEFAULT_PATHS)),
+            cost_levels=tuple(
+                tuple(float(x) for x in row) for row in stored.get("cost_levels", DEFAULT_COST_LEVELS)
+            ),
+            risk_knots=(tuple(map(float, knots[0])), tuple(map(float, knots[1]))),
+            min_saving_percent=float(
+                stored.get("min_saving_percent", DEFAULT_MIN_SAVING_PERCENT)
+            ),
+        )
+
+    def levels_for(self, hours: float) -> tuple[float, float, float]:
+        """Path levels reported as the 10th, 50th and 90th percentiles of a job of ``hours``."""
+        table = np.array(sorted(self.cost_levels), dtype=np.float64)
+        position = np.log(max(hours, 1e-6))
+        return tuple(
+            float(np.interp(position, np.log(table[:, 0]), table[:, column]))
+            for column in (1, 2, 3)
+        )
+
+    def risk_probability(self, frequency: np.ndarray | float) -> np.ndarray:
+        """Calibrated probability of a path exceedance frequency (monotone, 0 to 1)."""
+        x, y = self.risk_knots
+        return np.clip(np.interp(frequency, x, y), 0.0, 1.0)
 
     def latent(self, horizon: int) -> np.ndarray:
         """Standard normal scores with AR(1) correlation, shape ``(n_paths, horizon)``.
@@ -92,9 +141,15 @@ class PathModel:
 
     def describe(self) -> str:
         """One line naming the method and its parameters, for responses and reports."""
+        levels = "; ".join(
+            f"{hours:g} h: {low:.3f}, {middle:.3f}, {high:.3f}"
+            for hours, low, middle, high in self.cost_levels
+        )
         return (
             f"sample paths: Gaussian copula with AR(1) latent scores across hours, "
-            f"rho={self.rho:g}, {self.n_paths} paths, seed {self.seed}"
+            f"rho={self.rho:g}, {self.n_paths} paths, seed {self.seed}; cost percentiles read "
+            f"at recalibrated path levels by job length ({levels}); risk probabilities "
+            f"recalibrated with an isotonic map"
         )
 
 
@@ -106,6 +161,15 @@ class CostSummary:
     p10: float
     p50: float
     p90: float
+
+
+@lru_cache(maxsize=1)
+def packaged_path_model() -> dict:
+    """The fitted values in ``path_model.json`` beside this module, or {} when it is missing."""
+    path = Path(__file__).with_name(PATH_MODEL_FILE)
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
 
 
 @lru_cache(maxsize=16)
@@ -221,9 +285,14 @@ def job_weights(start_offset: float, duration_hours: float, points: int) -> np.n
     return np.clip(overlap, 0.0, None)
 
 
-def summarize_costs(costs: np.ndarray, expected: np.ndarray) -> list[CostSummary]:
-    """Summaries of path costs ``(n_paths, k)`` with expected costs ``(k,)``."""
-    percentiles = np.quantile(costs, COST_LEVELS, axis=0)
+def summarize_costs(
+    costs: np.ndarray, expected: np.ndarray, levels: tuple[float, float, float] = (0.1, 0.5, 0.9)
+) -> list[CostSummary]:
+    """Summaries of path costs ``(n_paths, k)`` with expected costs ``(k,)``.
+
+    ``levels`` are the path levels reported as the 10th, 50th and 90th percentiles.
+    """
+    percentiles = np.quantile(costs, levels, axis=0)
     return [
         CostSummary(float(expected[i]), *(float(p) for p in percentiles[:, i]))
         for i in range(costs.shape[1])
@@ -246,7 +315,7 @@ def job_cost(forecast: Forecast, start: pd.Timestamp, duration_hours: float,
     """Expected cost and percentiles of one job on one forecast, USD per instance."""
     weights = job_weights(hour_offset(forecast, start), duration_hours, len(forecast.ds) + 1)
     costs, expected = job_costs(sample_paths(forecast, model), expected_prices(forecast), weights)
-    return summarize_costs(costs, expected)[0]
+    return summarize_costs(costs, expected, model.levels_for(duration_hours))[0]
 
 
 def start_times(
@@ -285,7 +354,7 @@ def window_costs(
         [job_weights(hour_offset(forecast, s), duration_hours, points) for s in starts], axis=1
     )
     costs, expected = job_costs(sample_paths(forecast, model), expected_prices(forecast), weights)
-    summaries = summarize_costs(costs, expected)
+    summaries = summarize_costs(costs, expected, model.levels_for(duration_hours))
     return [WindowCost(forecast.unique_id, s, c) for s, c in zip(starts, summaries, strict=True)]
 
 
@@ -302,14 +371,22 @@ def exceedance_probability(
     """Probability that the price exceeds ``threshold`` at any grid hour of a window.
 
     The window runs ``hours`` from ``start``; every grid hour it overlaps counts, the hour of the
-    last observation included. Returns the probability over the whole window and the marginal
-    probability of each overlapped grid point (same order as the grid).
+    last observation included. Returns the probability over the whole window and the probability
+    of each overlapped grid point on its own (same order as the grid), both passed through the
+    model's calibration map.
     """
     weights = job_weights(hour_offset(forecast, start), hours, len(forecast.ds) + 1)
     inside = weights > 0
     paths = sample_paths(forecast, model)[:, inside]
     above = paths > threshold
-    return float(above.any(axis=1).mean()), above.mean(axis=0)
+    hourly = model.risk_probability(above.mean(axis=0))
+    window = model.risk_probability(above.any(axis=1).mean())
+
+    # The last observed price is known, so an exceedance in its hour is certain, not calibrated.
+    if inside[0] and forecast.last_y > threshold:
+        hourly[0] = 1.0
+        window = 1.0
+    return float(window), hourly
 
 
 def exceedance_from_paths(paths: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:

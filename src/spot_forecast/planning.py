@@ -3,7 +3,7 @@
 Each request is handled in two steps, so that service.py can run every forecast a request needs
 in one network call. ``Planner.<endpoint>(request)`` validates the request against the stored
 histories and the model, and returns a ``Pending`` with the prepared forecasts. After the network
-ran, ``Planner.complete(pending, scaled)`` turns its output into prices and computes the answer
+ran, ``Planner.complete(pending, scaled)`` turns its output into prices and builds the response
 with ``decisions``. Errors are ``RequestError`` (400) or ``SeriesNotFound`` (404), as in
 ``serving``.
 """
@@ -93,6 +93,9 @@ class Planner:
     @property
     def max_horizon(self) -> int:
         return self.app.bundle.horizon
+
+    def _margin(self, requested: float | None) -> float:
+        return self.paths.min_saving_percent if requested is None else requested
 
     # Shared steps ----------------------------------------------------------------------------
 
@@ -204,16 +207,37 @@ class Planner:
                 for forecast in forecasts
                 for option in window_costs(forecast, starts, duration, self.paths)
             ]
+
             baseline_forecast = forecasts[cheapest_now]
             baseline = next(
                 option for option in options
                 if option.unique_id == baseline_forecast.unique_id and option.start == earliest
             )
-            order = {forecast.unique_id: i for i, forecast in enumerate(forecasts)}
-            options.sort(key=lambda o: (o.cost.expected, o.start, order[o.unique_id]))
-            if request.limit is not None:
-                options = options[: request.limit]
+
+            # Ties go to the earlier start, then to the series cheaper right now.
+            last_price = {forecast.unique_id: forecast.last_y for forecast in forecasts}
+            options.sort(key=lambda o: (o.cost.expected, o.start, last_price[o.unique_id]))
             base_cost = baseline.cost.expected
+            ranked = [
+                WindowOption(
+                    rank=rank, unique_id=o.unique_id, start=o.start.to_pydatetime(),
+                    end=(o.start + duration * HOUR).to_pydatetime(), cost=cost_model(o.cost),
+                    saving=base_cost - o.cost.expected,
+                    saving_percent=100.0 * (base_cost - o.cost.expected) / base_cost,
+                )
+                for rank, o in enumerate(options, start=1)
+            ]
+
+            margin = self._margin(request.min_saving_percent)
+            recommended = ranked[0]
+            if recommended.saving_percent < margin:
+                recommended = next(
+                    w for w in ranked
+                    if w.unique_id == baseline.unique_id and pd.Timestamp(w.start) == earliest
+                )
+            if request.limit is not None:
+                ranked = ranked[: request.limit]
+
             return CheapestWindowResponse(
                 model=self.app.tag, duration_hours=duration,
                 earliest_start=earliest.to_pydatetime(), deadline=deadline.to_pydatetime(),
@@ -221,15 +245,7 @@ class Planner:
                     unique_id=baseline.unique_id, start=earliest.to_pydatetime(),
                     last_price=baseline_forecast.last_y, cost=cost_model(baseline.cost),
                 ),
-                windows=[
-                    WindowOption(
-                        rank=rank, unique_id=o.unique_id, start=o.start.to_pydatetime(),
-                        end=(o.start + duration * HOUR).to_pydatetime(), cost=cost_model(o.cost),
-                        saving=base_cost - o.cost.expected,
-                        saving_percent=100.0 * (base_cost - o.cost.expected) / base_cost,
-                    )
-                    for rank, o in enumerate(options, start=1)
-                ],
+                recommended=recommended, min_saving_percent=margin, windows=ranked,
                 method=self.paths.describe(),
             )
 
@@ -282,11 +298,23 @@ class Planner:
                     last_price=forecast.last_y, start=start.to_pydatetime(),
                     end=(start + request.hours * HOUR).to_pydatetime(), cost=cost_model(summary),
                 ))
-            placements.sort(key=lambda p: (p.cost.expected, p.unique_id))
+            # Ties go to the candidate cheaper right now.
+            placements.sort(key=lambda p: (p.cost.expected, p.last_price, p.unique_id))
             for rank, placement in enumerate(placements, start=1):
                 placement.rank = rank
-            return RankResponse(model=self.app.tag, hours=request.hours, ranked=placements,
-                                unavailable=unavailable, method=self.paths.describe())
+            margin = self._margin(request.min_saving_percent)
+            cheapest_now = min(placements, key=lambda p: (p.last_price, p.rank), default=None)
+            recommended = placements[0] if placements else None
+            if recommended is not None and cheapest_now is not None:
+                saving = cheapest_now.cost.expected - recommended.cost.expected
+                if saving < cheapest_now.cost.expected * margin / 100:
+                    recommended = cheapest_now
+            return RankResponse(
+                model=self.app.tag, hours=request.hours,
+                cheapest_now=None if cheapest_now is None else cheapest_now.unique_id,
+                recommended=recommended, min_saving_percent=margin, ranked=placements,
+                unavailable=unavailable, method=self.paths.describe(),
+            )
 
         return Pending(items, finish)
 
@@ -308,7 +336,7 @@ class Planner:
     ) -> str | None:
         """Why the service holds no history for ``unique_id``, or None when it does.
 
-        ``known`` holds the split ids of every stored series.
+        ``known`` contains the split ids of every stored series.
         """
         if unique_id in self.app.history:
             return None
@@ -361,7 +389,7 @@ class Planner:
     # POST /history -----------------------------------------------------------------------------
 
     def history(self, request: HistoryRequest) -> HistoryResponse:
-        """The last ``hours`` hourly prices of a stored series."""
+        """Return the last ``hours`` hourly prices of a stored series."""
         stored = self.app.find_series(request.series_id)
         values = stored.values[-request.hours:]
         first = stored.end - (len(values) - 1) * HOUR

@@ -5,7 +5,7 @@
 const SVG_NS = "http://www.w3.org/2000/svg";
 const HOUR_MS = 3600 * 1000;
 const HISTORY_HOURS = 168;
-const CHART = { width: 900, height: 360, left: 64, right: 16, top: 16, bottom: 36 };
+const CHART = { width: 900, height: 370, left: 72, right: 16, top: 26, bottom: 36 };
 const DEFAULT_SERIES = "eu-west-1a/m5.large/Linux/UNIX";
 
 const state = { forecast: null, history: null };
@@ -25,7 +25,7 @@ async function postJson(route, body) {
   });
   const payload = await response.json().catch(() => null);
   if (!response.ok) {
-    throw new Error(`${route} answered ${response.status}: ${errorText(payload)}`);
+    throw new Error(`${route} returned ${response.status}: ${errorText(payload)}`);
   }
   return payload;
 }
@@ -164,7 +164,7 @@ function drawChart(history, forecast, best) {
   band("0.05", "0.95", "band90");
   band("0.1", "0.9", "band80");
 
-  // A price holds until the next one, so history is drawn as steps.
+  // A price stays in force until the next one, so history is drawn as steps.
   let historyPath = `M${x(times[0]).toFixed(1)},${y(prices[0]).toFixed(1)}`;
   for (let i = 1; i < times.length; i += 1) {
     historyPath += ` H${x(times[i]).toFixed(1)} V${y(prices[i]).toFixed(1)}`;
@@ -193,11 +193,14 @@ function drawChart(history, forecast, best) {
 function drawAxes(svg, x, y, xMin, xMax, yMin, yMax) {
   const bottom = CHART.height - CHART.bottom;
   const right = CHART.width - CHART.right;
+  // Enough decimals that neighbouring tick labels differ, even for a narrow price range.
+  const tickStep = (yMax - yMin) / 5;
+  const decimals = Math.min(8, Math.max(2, Math.ceil(-Math.log10(tickStep)) + 1));
   for (let i = 0; i <= 5; i += 1) {
-    const value = yMin + ((yMax - yMin) * i) / 5;
+    const value = yMin + tickStep * i;
     svgElement("line", { class: "grid", x1: CHART.left, x2: right, y1: y(value), y2: y(value) }, svg);
     const label = svgElement("text", { x: CHART.left - 6, y: y(value) + 4, "text-anchor": "end" }, svg);
-    label.textContent = formatPrice(value);
+    label.textContent = value.toFixed(decimals);
   }
   const dayMs = 24 * HOUR_MS;
   const everyDays = Math.max(1, Math.round((xMax - xMin) / dayMs / 8));
@@ -208,7 +211,7 @@ function drawAxes(svg, x, y, xMin, xMax, yMin, yMax) {
   }
   svgElement("line", { class: "axis", x1: CHART.left, x2: right, y1: bottom, y2: bottom }, svg);
   svgElement("line", { class: "axis", x1: CHART.left, x2: CHART.left, y1: CHART.top, y2: bottom }, svg);
-  const unit = svgElement("text", { x: 4, y: CHART.top + 4 }, svg);
+  const unit = svgElement("text", { x: 4, y: CHART.top - 12 }, svg);
   unit.textContent = "USD/h";
 }
 
