@@ -65,9 +65,25 @@ def load_app(model_ref, settings: Settings, *, on_batch: Callable[[int], None] |
     predictor = load_predictor(stored, settings.model_copy(update={"tf_threads": threads}))
     bundle = load_bundle(stored, load_model=False)
     app = ForecastApp(bundle, max_history=settings.max_history)
+    warm_up_forecast(app, predictor)
     batcher = AdaptiveBatcher(predictor, max_batch_size=settings.max_batch_size,
                               on_batch=on_batch)
     return app, batcher
+
+
+def warm_up_forecast(app, predictor: Predictor) -> None:
+    """Run one whole forecast (window, network, response) before the worker takes requests.
+
+    ``load_predictor`` warms up the network alone. This forecast also pays the first-use costs of
+    the window, the guard and the response models, so the first request is not slower than later
+    ones. A bundle that cannot produce a forecast fails here, at start-up.
+    """
+    from spot_forecast.schemas import ForecastRequest
+
+    request = ForecastRequest(history=[0.05] * app.bundle.lookback,
+                              history_end="2024-05-10T06:00:00Z", horizon=app.bundle.horizon)
+    item = app.prepare(request)
+    app.respond(item, predictor(item.window[None])[0]).model_dump_json()
 
 
 def load_predictor(model_ref, settings: Settings) -> Predictor:
