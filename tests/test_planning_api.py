@@ -359,3 +359,23 @@ def test_negative_margin_rejected(client):
     response = client.post("/cheapest_window", json={**WINDOW_BODY, "min_saving_percent": -1})
     assert response.status_code == 400
     assert "min_saving_percent is -1.0" in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/job_cost", {"series_id": SERIES, "duration_hours": 4, "start": "9999-01-01T00:00:00Z"},
+         "start"),
+        ("/price_risk", {"series_id": SERIES, "rise_percent": 5, "hours": 24,
+                         "start": "0001-01-01T00:00:00Z"}, "start"),
+        ("/cheapest_window", {"candidates": [{"series_id": SERIES}], "duration_hours": 4,
+                              "earliest_start": "9999-01-01T00:00:00Z", "deadline_hours": 48},
+         "earliest_start"),
+    ],
+)
+def test_out_of_range_times_rejected(client, path, body, field):
+    response = client.post(path, json=body)
+    assert response.status_code == 400
+    detail = response.json()["detail"][0]
+    assert detail["loc"][0] == field
+    assert "send a time from 1679-01-01" in detail["msg"]

@@ -11,9 +11,22 @@ import math
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from spot_forecast.schemas import MAX_HORIZON, ForecastRequest, Observation, as_utc, check_price
+from spot_forecast.schemas import (
+    MAX_HORIZON,
+    ForecastRequest,
+    Observation,
+    check_price,
+    check_time,
+)
 
 #: Most candidate series in one ``/cheapest_window`` request.
 MAX_CANDIDATES = 100
@@ -30,8 +43,9 @@ def check_hours(value: float, field: str, *, upper: float = MAX_HORIZON) -> floa
     return value
 
 
-def optional_utc(value: datetime | None) -> datetime | None:
-    return None if value is None else as_utc(value)
+def optional_utc(value: datetime | None, info: ValidationInfo) -> datetime | None:
+    """Return ``value`` in UTC, or raise naming the field if it is outside the supported range."""
+    return None if value is None else check_time(value, info.field_name)
 
 
 def check_saving_percent(value: float | None) -> float | None:
