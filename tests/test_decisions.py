@@ -27,9 +27,7 @@ SCORES = np.array([NormalDist().inv_cdf(q) for q in LEVELS])
 
 
 def make_forecast(values: np.ndarray, last_y: float = 0.03) -> Forecast:
-    horizon = values.shape[0]
-    ds = pd.date_range(END + pd.Timedelta(hours=1), periods=horizon, freq="1h")
-    return Forecast("a/t.small/Linux/UNIX", END, last_y, ds, LEVELS, values)
+    return Forecast("a/t.small/Linux/UNIX", END, last_y, pd.Timedelta(hours=1), LEVELS, values)
 
 
 def lognormal_forecast(horizon: int, median: float, sigma: float) -> Forecast:
@@ -199,8 +197,8 @@ def perfect_forecaster(future: dict[str, np.ndarray]):
             position = len(prices)
             values = np.repeat(future[unique_id][position:position + horizon, None], len(LEVELS),
                                axis=1)
-            ds = pd.date_range(end + pd.Timedelta(hours=1), periods=horizon, freq="1h")
-            result.append(Forecast(unique_id, end, float(prices[-1]), ds, LEVELS, values))
+            result.append(Forecast(unique_id, end, float(prices[-1]), pd.Timedelta(hours=1),
+                                   LEVELS, values))
         return result
 
     return forecast

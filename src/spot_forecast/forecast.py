@@ -7,6 +7,7 @@ share a batch because each becomes a fixed-size, front-padded window.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,9 +80,14 @@ class Forecast:
     unique_id: str
     last_ds: pd.Timestamp
     last_y: float
-    ds: pd.DatetimeIndex
+    step: pd.Timedelta
     quantiles: tuple[float, ...]
     values: np.ndarray
+
+    @functools.cached_property
+    def ds(self) -> pd.DatetimeIndex:
+        """Timestamps of the steps. Built on first use: the service formats them itself."""
+        return pd.date_range(self.last_ds + self.step, periods=len(self.values), freq=self.step)
 
     @property
     def median(self) -> np.ndarray:
@@ -121,8 +127,7 @@ def assemble(
 
     # Monotone by construction; sorting guards against float ties after exp.
     values = np.sort(values, axis=-1)
-    ds = pd.date_range(end + step, periods=horizon, freq=step)
-    return Forecast(unique_id, end, float(last_price), ds, levels, values)
+    return Forecast(unique_id, end, float(last_price), step, levels, values)
 
 
 def forecast_histories(
