@@ -19,6 +19,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 #: Upper bound of any horizon; a model may support less (checked against its metadata).
 MAX_HORIZON = 168
@@ -289,8 +290,12 @@ class Observation(BaseModel):
     y: float
 
 
-class ForecastStep(BaseModel):
-    """One forecast step: the median and the quantiles of the price at ``ds``, USD per hour."""
+class ForecastStep(TypedDict):
+    """One forecast step: the median and the quantiles of the price at ``ds``, USD per hour.
+
+    A TypedDict rather than a model: a response holds up to 168 steps per series, and plain
+    dicts serialise without building one object per step.
+    """
 
     ds: datetime
     median: float

@@ -250,7 +250,7 @@ class ForecastApp:
         levels = range(len(self.quantile_names)) if item.levels is None else item.levels
         names = [(self.quantile_names[index], index) for index in levels]
         steps = [
-            ForecastStep.model_construct(
+            ForecastStep(
                 ds=first + (h + 1) * step,
                 median=row[median_index],
                 quantiles={name: row[index] for name, index in names},
