@@ -10,6 +10,9 @@ PORT ?= 3000
 # The BentoML model store; kept outside the project folder so `bentoml build` never packs it.
 BENTOML_HOME ?= $(HOME)/bentoml
 export BENTOML_HOME
+# TensorFlow's C++ start-up notices (oneDNN, CPU features) are noise here; errors still show.
+TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL
 
 .PHONY: install model run test build clean
 
