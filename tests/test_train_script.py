@@ -31,8 +31,8 @@ def test_archive_run_prints_baseline(bundled_events, tmp_path, capsys, tiny_sett
 def test_files_run_saves_model(tmp_path, capsys, tiny_settings):
     from conftest import ROOT
 
-    source = ROOT / "tests" / "data" / "real" / "c5.2xlarge_us-east-1.csv"
-    code = train.main([str(source), "--model-name", "script_test", "--validation-days", "1",
+    source = ROOT / "tests" / "data" / "real" / "spot_price_history.csv"
+    code = train.main([str(source), "--model-name", "script_test", "--validation-days", "7",
                        *TINY])
 
     output = capsys.readouterr().out
