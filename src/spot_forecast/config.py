@@ -28,11 +28,40 @@ class Settings(BaseSettings):
         description="Quantile levels the network outputs; must include 0.1, 0.5 and 0.9.",
     )
     validation_days: int = Field(14, ge=1, description="Days at the end held out for validation.")
-    epochs: int = Field(6, ge=1, description="Training epochs.")
+    epochs: int = Field(8, ge=1, description="Training epochs.")
     batch_size: int = Field(256, ge=1, description="Training batch size in windows.")
-    lstm_units: int = Field(64, ge=1, description="Units of each LSTM layer.")
+    lstm_units: int = Field(32, ge=1, description="Units of the LSTM layer.")
+    hidden_units: int = Field(256, ge=1, description="Units of each dense layer after the LSTM.")
+    recurrent_hours: int = Field(
+        48, ge=1, description="Most recent hours of the window that the LSTM reads."
+    )
+    learning_rate: float = Field(
+        1e-3, gt=0, description="Initial Adam learning rate, decayed along a cosine to 5 %."
+    )
+    loss_price_power: float = Field(
+        0.0, ge=0,
+        description="Each training window's loss is weighted by its last price to this power. "
+        "Errors in USD grow with the price, so 1 would fit USD errors and 0 relative errors.",
+    )
+    loss_step_power: float = Field(
+        1.0, ge=0, le=1,
+        description="Each horizon step's loss is weighted by its mean absolute log change to "
+        "the power -loss_step_power: 0 weighs steps equally, 1 equalises their typical error.",
+    )
+    median_loss_weight: float = Field(
+        3.0, gt=0, description="Weight of the 0.5 level in the pinball loss, the others weigh 1."
+    )
+    calibration_days: int = Field(
+        14, ge=1,
+        description="Days at the end of the data a fit may read (before the validation days in "
+        "train.py, before the cut-off in the backtest) that calibrate the medians and intervals "
+        "instead of training the network.",
+    )
+    calibration_every: int = Field(
+        12, ge=1, description="Hours between calibration origins."
+    )
     max_train_windows: int = Field(
-        60_000, ge=1, description="Training windows sampled per epoch budget (seeded)."
+        150_000, ge=1, description="Training windows sampled per epoch budget (seeded)."
     )
     seed: int = Field(20220213, description="Seed for window sampling and weight initialisation.")
     products: tuple[str, ...] = Field(

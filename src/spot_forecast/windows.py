@@ -28,6 +28,10 @@ import numpy as np
 import pandas as pd
 
 N_FEATURES = 8
+#: Columns of the window layout that the network reads by position.
+LEVEL_COLUMN = 0
+CHANGE_COLUMN = 2
+OBSERVED_COLUMN = 7
 _HOUR_NS = 3_600 * 10**9
 _MIN_SCALE = 1e-3
 
