@@ -79,7 +79,7 @@ def test_running_median_removes_lone_spike():
     assert len(smoothed) == len(values)
 
 
-def test_median_threshold_snaps_all_when_last_value_exact():
+def test_exact_last_value_shrinks_all():
     raw_targets = np.zeros((50, 1))
     quantiles = np.stack([np.full((50, 1), -1.0), np.full((50, 1), 0.3), np.ones((50, 1))], -1)
     thresholds = fit_median_threshold(quantiles, raw_targets, np.ones(50), scale=0.01,
@@ -89,7 +89,7 @@ def test_median_threshold_snaps_all_when_last_value_exact():
     assert thresholds[0] >= np.abs(quantiles[..., 1]).max()
 
 
-def test_median_threshold_zero_when_median_exact():
+def test_exact_median_keeps_zero_threshold():
     rng = np.random.default_rng(8)
     raw_targets = rng.normal(0, 0.02, (50, 1))
     medians = raw_targets / 0.01

@@ -68,8 +68,10 @@ MODEL_LABELS = {
 }
 MODEL_DESCRIPTIONS = {
     "lstm": "Global quantile LSTM trained with the pinball loss on windows whose targets end "
-            "before its calibration slice, then calibrated on that slice (median thresholds and "
-            "interval scales); guarded steps answer with the last value.",
+            "before its calibration slice, then calibrated on that slice: medians shrink toward "
+            "the last value by a fitted threshold per step, and interval widths are scaled per "
+            "step to their nominal coverage. At guarded steps the last value and the empirical "
+            "quantiles replace it, as in the service.",
     "last_value": "The last observed price. Its 80 % interval is the last price times the 10 % "
                   "and 90 % quantiles of log price changes at each horizon over the training "
                   "windows (the empirical-quantile baseline).",
@@ -582,6 +584,21 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
+def _steps_text(steps: Sequence[int]) -> str:
+    """Steps as ranges, e.g. [1, 2, 3, 7] -> '1-3, 7'; 'none' when empty."""
+    if not steps:
+        return "none"
+    ranges, start, previous = [], steps[0], steps[0]
+    for step in list(steps[1:]) + [None]:
+        if step is not None and step == previous + 1:
+            previous = step
+            continue
+        ranges.append(str(start) if start == previous else f"{start}-{previous}")
+        if step is not None:
+            start = previous = step
+    return ", ".join(ranges)
+
+
 def _hour_iso(hour: int) -> str:
     return pd.Timestamp(hour * 3_600, unit="s", tz="UTC").isoformat()
 
@@ -661,27 +678,38 @@ def format_markdown(results: dict[str, Any]) -> str:
         "quantiles see only prices up to it. LSTM training targets end by "
         f"{split['training_targets_end']}; origins every "
         f"{split['calibration']['every_hours']} hours from then to the cut-off "
-        f"({split['calibration']['windows']} windows) calibrate its medians and intervals.",
+        f"({split['calibration']['windows']:,} windows) calibrate its medians and intervals. "
+        "Steps where the calibration replaces every median with the last value: "
+        f"{_steps_text(split['calibration'].get('last_value_steps', []))}. Steps where the "
+        "calibrated median was still less accurate than the last value on that slice, which "
+        f"the guard hands to the last value: "
+        f"{_steps_text(split['calibration'].get('guard_steps', []))}.",
         f"- Forecast origins every {origins['every_hours']} hours from {origins['first']} to "
-        f"{origins['last']} ({origins['count']} origins, {origins['windows']} windows), "
+        f"{origins['last']} ({origins['count']} origins, {origins['windows']:,} windows), "
         f"horizons 1 to {results['settings']['horizon']} hours. An origin needs "
         f"{origins['min_history_hours']} hours of history. Steps past the end of the data "
         "are left out, so late origins count only at short horizons.",
-        f"- Series: {series['count']} "
-        f"({', '.join(f'{n} {p}' for p, n in series['by_product'].items())})"
-        + (f", a seeded sample of {series['sample']}" if series["sample"] else ", all of them")
+        f"- Series: {series['count']:,} "
+        f"({', '.join(f'{n:,} {p}' for p, n in series['by_product'].items())})"
+        + (f", a seeded sample of {series['sample']:,}" if series["sample"] else ", all of them")
         + (f". AutoETS is left out: {ets['skipped']}." if ets.get("skipped") else
-           f". AutoETS runs on a seeded sample of {ets['series']} of them "
+           f". AutoETS runs on a seeded sample of {ets['series']:,} of them "
            f"(seed {ets['seed']}, {ets['failed_fits']} failed fits replaced by the last value); "
            "its MAE ratio compares with the last value on that sample."),
-        f"- MASE divides by each series' mean absolute hourly change up to the cut-off. It is "
-        f"undefined for {series['without_mase_scale']} of {series['count']} series because "
+        f"- MASE divides each absolute error by its series' mean absolute hourly change up to the "
+        f"cut-off, so it exceeds 1 at most horizons. It is undefined for "
+        f"{series['without_mase_scale']:,} of {series['count']:,} series because "
         f"{series['mase_note'].replace('the series was', 'they were')}. Those series are left "
         "out of the MASE averages only, and MASE is missing where no series has a scale.",
         "- MAE, widths and pinball loss are in USD per instance-hour, pooled over all windows, "
         "so expensive instance types weigh more. MAPE and the relative width (%) weigh every "
         "series equally. Pinball loss is averaged over the quantiles "
-        f"{', '.join(f'{q:g}' for q in results['quantiles'])}; point forecasts have none.",
+        f"{', '.join(f'{q:g}' for q in results['quantiles'])}; point forecasts have none. "
+        "The interval calibration targets 80 % over all products together, so one product "
+        "alone can be covered more or less often.",
+        "- LSTM settings: "
+        + ", ".join(f"{key} {value}" for key, value in results["settings"].items())
+        + ". [model-experiments.md](model-experiments.md) records the measurements behind them.",
         "",
         "Models:",
         "",
