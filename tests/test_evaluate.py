@@ -103,9 +103,16 @@ def test_backtest_trains_before_cutoff(backtest):
 def test_backtest_scores_every_model(backtest):
     rows = backtest["by_horizon"]["all"]
     assert set(rows) == {"lstm", "last_value", "seasonal_naive_24", "seasonal_naive_168",
-                         "boosting", "auto_ets"}
+                         "boosting", "auto_ets", "lstm_ets_sample"}
     assert rows["lstm"]["6"]["windows"] == rows["last_value"]["6"]["windows"]
     assert rows["auto_ets"]["6"]["windows"] < rows["lstm"]["6"]["windows"]
+
+
+def test_backtest_pairs_lstm_with_ets_sample(backtest):
+    pytest.importorskip("statsforecast")
+    rows = backtest["by_horizon"]["all"]
+    assert rows["lstm_ets_sample"]["6"]["windows"] == rows["auto_ets"]["6"]["windows"]
+    assert rows["lstm_ets_sample"]["6"]["last_value_mae"] == rows["auto_ets"]["6"]["last_value_mae"]
 
 
 def test_backtest_point_models_lack_pinball(backtest):

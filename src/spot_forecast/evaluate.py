@@ -65,6 +65,7 @@ MODEL_LABELS = {
     "seasonal_naive_168": "Seasonal naive 168 h",
     "boosting": "Gradient boosting",
     "auto_ets": "AutoETS (sample)",
+    "lstm_ets_sample": "LSTM on the AutoETS sample",
 }
 MODEL_DESCRIPTIONS = {
     "lstm": "Global quantile LSTM trained with the pinball loss on windows whose targets end "
@@ -85,6 +86,9 @@ MODEL_DESCRIPTIONS = {
     "auto_ets": "statsforecast AutoETS without a seasonal component, refitted at every origin on "
                 "the last 336 hours; quantiles from its Gaussian prediction intervals. Scored on "
                 "a seeded sample of series, against the last value on the same sample.",
+    "lstm_ets_sample": "The LSTM row restricted to the windows of the AutoETS sample, so that "
+                       "pinball loss and interval widths in USD compare with AutoETS on the same "
+                       "series.",
 }
 
 
@@ -141,7 +145,7 @@ class Scores:
     sums: dict[str, metrics.ScoreSums] = field(default_factory=dict)
 
     def __post_init__(self):
-        interval_models = ("lstm", "last_value", "auto_ets")
+        interval_models = ("lstm", "last_value", "auto_ets", "lstm_ets_sample")
         for name in MODEL_LABELS:
             levels = self.quantiles if name in interval_models else None
             self.sums[name] = metrics.ScoreSums(len(self.products), self.horizon, levels)
@@ -280,10 +284,9 @@ def run_backtest(
         batch = series[first:first + config.batch_series]
         model_prices = forecast_model(predictor, fitted, batch, settings)
         score_batch(batch, model_prices, scores, fitted, boosting, horizon)
-        for s in batch:
-            if s.unique_id in ets_ids:
-                ets_failures += score_auto_ets(s, scores, horizon, config)
         for s, rows in zip(batch, batch_rows(batch), strict=True):
+            if s.unique_id in ets_ids:
+                ets_failures += score_auto_ets(s, model_prices[rows], scores, horizon, config)
             if s.unique_id in fan_ids:
                 fans.append(fan_chart(s, model_prices[rows], fan_origin, horizon))
         done = min(first + config.batch_series, len(series))
@@ -353,17 +356,24 @@ def score_batch(
 
 
 def score_auto_ets(
-    s: SeriesOrigins, scores: Scores, horizon: int, config: BacktestConfig
+    s: SeriesOrigins,
+    model_prices: np.ndarray,
+    scores: Scores,
+    horizon: int,
+    config: BacktestConfig,
 ) -> int:
-    """Forecast one series with AutoETS at every origin and add its scores; returns failures."""
+    """Score AutoETS and the LSTM on one sampled series; returns the failed AutoETS fits."""
     levels = scores.quantiles
+    median_index = list(levels).index(0.5)
     ets, failures = baselines.auto_ets(s.values, s.origins, horizon, levels,
                                        context=config.ets_context)
     actual = actual_prices(s.values, s.origins, horizon)
     groups = np.full(len(s.origins), scores.products.index(s.product))
     scales = np.full(len(s.origins), s.mase_scale)
-    scores.sums["auto_ets"].add(groups, actual, s.values[s.origins],
-                                ets[..., list(levels).index(0.5)], ets, scales)
+    last = s.values[s.origins]
+    scores.sums["auto_ets"].add(groups, actual, last, ets[..., median_index], ets, scales)
+    scores.sums["lstm_ets_sample"].add(groups, actual, last, model_prices[..., median_index],
+                                       model_prices, scales)
     return failures
 
 
@@ -764,6 +774,8 @@ def plot_error_by_horizon(results: dict[str, Any], path: Path) -> Path:
 
     figure, axis = plt.subplots(figsize=(8, 4.5))
     for name, curve in results["curves"].items():
+        if name == "lstm_ets_sample":
+            continue
         steps = [h + 1 for h, v in enumerate(curve["mae_ratio"]) if v is not None]
         values = [v for v in curve["mae_ratio"] if v is not None]
         marker = "o" if name == "boosting" else None
@@ -793,7 +805,7 @@ def plot_coverage_by_horizon(results: dict[str, Any], path: Path) -> Path:
     figure, axis = plt.subplots(figsize=(8, 4.5))
     for name, curve in results["curves"].items():
         values = curve["coverage_80"]
-        if all(v is None for v in values):
+        if name == "lstm_ets_sample" or all(v is None for v in values):
             continue
         steps = [h + 1 for h, v in enumerate(values) if v is not None]
         axis.plot(steps, [100 * v for v in values if v is not None], label=MODEL_LABELS[name])
