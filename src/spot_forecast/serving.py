@@ -1,8 +1,8 @@
-"""Serving logic behind service.py: resolve histories, build windows, format answers.
+"""Serving logic behind service.py: resolve histories, build windows, format responses.
 
-``ForecastApp`` holds the model bundle's metadata, scaler and stored history, but not the Keras
-network: service.py runs the network in a separate batching service and passes its output back to
-``respond``. Errors carry an HTTP status so that service.py can map them without knowing why.
+``ForecastApp`` contains the model bundle's metadata, scaler and stored history, but not the Keras
+network. service.py runs the network through its in-process adaptive batcher and passes the output
+to ``respond``. Errors carry an HTTP status, so service.py maps them without inspecting them.
 """
 
 from __future__ import annotations
