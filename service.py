@@ -73,13 +73,14 @@ class SpotForecast:
     bundle_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        from spot_forecast.network import load_app
+        from spot_forecast.network import freeze_loaded_objects, load_app
 
         self.settings = Settings()
         self.app, self.batcher = load_app(
             type(self).bundle_ref, self.settings, on_batch=BATCH_SIZE.observe
         )
         self.planner = Planner(self.app)
+        freeze_loaded_objects()
         logger.info("serving %s with %d series", self.app.tag, len(self.app.history))
 
     async def _forecast(self, items: list[PreparedForecast]):

@@ -50,6 +50,15 @@ def test_in_process_forecast_by_id(service_module):
     assert_valid_forecast(body, 24)
 
 
+def test_service_freezes_objects_alive_after_loading(service_module):
+    import gc
+
+    gc.unfreeze()
+    service_module.SpotForecast()
+    # Without the freeze, every full collection walks the loaded model and history.
+    assert gc.get_freeze_count() > 100_000
+
+
 def test_in_process_lists_series(service_module):
     from spot_forecast.schemas import SeriesFilter
 
