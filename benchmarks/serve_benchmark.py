@@ -1,9 +1,11 @@
 """Load benchmark of the forecast service on 127.0.0.1.
 
-Starts ``bentoml serve service:SpotForecast`` with the model in ``$BENTOML_HOME``, drives
-``/forecast`` (one stored series per request, horizon 24) with an aiohttp client at 1, 16 and 64
-concurrent clients, times one ``/forecast_many`` with 1,000 series, then restarts the service with
-batching switched off (``SPOT_FORECAST_MAX_BATCH_SIZE=1``) and repeats the 64-client load.
+Starts ``bentoml serve service:SpotForecast`` twice with the model in ``$BENTOML_HOME``: once as
+configured and once with batching switched off (``SPOT_FORECAST_MAX_BATCH_SIZE=1``). Drives
+``/forecast`` (one stored series per request, horizon 24) with an aiohttp client at 1 and 16
+concurrent clients, times one ``/forecast_many`` with 1,000 series, then sends 64-client loads to
+the two services in turn, ``--repeats`` times, so that both meet the same background load. The
+batching speed-up is the median of the per-pair throughput ratios.
 
     BENTOML_HOME=~/bentoml .venv/bin/python benchmarks/serve_benchmark.py
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -91,15 +94,19 @@ async def drive(url: str, ids: list[str], clients: int, requests: int) -> LoadRe
     latencies: list[float] = []
     statuses: collections.Counter = collections.Counter()
     numbers = iter(range(requests))
+    # Bodies are encoded before the clock starts: the load generator shares the cores with the
+    # service, and every microsecond it spends is one the service cannot.
+    bodies = [json.dumps({"series_id": uid, "horizon": 24}).encode() for uid in ids]
+    headers = {"Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(url, connector=connector) as session:
 
         async def client() -> None:
             for i in numbers:
-                body = {"series_id": ids[i % len(ids)], "horizon": 24}
+                body = bodies[i % len(bodies)]
                 started = time.perf_counter()
                 try:
-                    async with session.post("/forecast", json=body) as response:
+                    async with session.post("/forecast", data=body, headers=headers) as response:
                         await response.read()
                         statuses[response.status] += 1
                 except aiohttp.ClientError as error:
@@ -135,24 +142,22 @@ async def time_many(url: str, ids: list[str]) -> tuple[float, int]:
     return elapsed, ok
 
 
-async def run_batched(url: str, scale: int) -> tuple[list[LoadResult], float, int]:
-    await wait_ready(url)
-    ids = await series_ids(url, 1000)
-    await drive(url, ids, 8, 200)  # warm the connection pool and the window cache
-    results = [
-        await drive(url, ids, 1, 300 * scale),
-        await drive(url, ids, 16, 1000 * scale),
-        await drive(url, ids, 64, 6000 * scale),
-    ]
-    many_seconds, many_ok = await time_many(url, ids)
-    return results, many_seconds, many_ok
-
-
-async def run_unbatched(url: str, scale: int) -> LoadResult:
-    await wait_ready(url)
-    ids = await series_ids(url, 1000)
-    await drive(url, ids, 8, 200)
-    return await drive(url, ids, 64, 6000 * scale)
+async def run_loads(on_url: str, off_url: str, scale: int, repeats: int
+                    ) -> tuple[list[LoadResult], list[tuple[LoadResult, LoadResult]], float, int]:
+    """Drive both services: 1 and 16 clients and /forecast_many on the batching one, then
+    ``repeats`` alternating pairs of 64-client loads on each, so both see the same machine."""
+    await wait_ready(on_url)
+    await wait_ready(off_url)
+    ids = await series_ids(on_url, 1000)
+    for url in (on_url, off_url):
+        await drive(url, ids, 8, 200)  # warm the connection pool and the window cache
+    light = [await drive(on_url, ids, 1, 300 * scale), await drive(on_url, ids, 16, 1000 * scale)]
+    many_seconds, many_ok = await time_many(on_url, ids)
+    pairs = []
+    for _ in range(repeats):
+        pairs.append((await drive(on_url, ids, 64, 6000 * scale),
+                      await drive(off_url, ids, 64, 6000 * scale)))
+    return light, pairs, many_seconds, many_ok
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -167,37 +172,43 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=3931, help="port to serve on")
     parser.add_argument("--scale", type=int, default=1, help="multiply the request counts")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating pairs of 64-client loads with batching on and off")
     args = parser.parse_args(argv)
     url = f"http://{HOST}:{args.port}"
 
-    service = start_service(args.port, {})
+    # Batching off: the batcher passes every request to the network alone.
+    on = start_service(args.port, {})
+    off = start_service(args.port + 1, {"SPOT_FORECAST_MAX_BATCH_SIZE": "1"})
     try:
-        batched, many_seconds, many_ok = asyncio.run(run_batched(url, args.scale))
+        light, pairs, many_seconds, many_ok = asyncio.run(
+            run_loads(url, f"http://{HOST}:{args.port + 1}", args.scale, args.repeats))
     finally:
-        stop(service)
-    service = start_service(args.port, {"SPOT_FORECAST_MAX_BATCH_SIZE": "1"})
-    try:
-        unbatched = asyncio.run(run_unbatched(url, args.scale))
-    finally:
-        stop(service)
+        stop(on)
+        stop(off)
 
     print("| load | clients | requests | errors | requests/s | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
-    for result in batched:
+    for result in light:
         print(result.row("batching on"))
-    print(unbatched.row("batching off"))
-    speedup = batched[2].rps / unbatched.rps
+    for batched, unbatched in pairs:
+        print(batched.row("batching on"))
+        print(unbatched.row("batching off"))
+    ratios = sorted(batched.rps / unbatched.rps for batched, unbatched in pairs)
+    speedup = ratios[len(ratios) // 2]
+    median_on = sorted(pairs, key=lambda pair: pair[0].rps)[len(pairs) // 2][0]
     print(f"\n/forecast_many with 1,000 series: {many_seconds:.3f} s ({many_ok} answered 200)")
-    print(f"batching on / off at 64 clients: {speedup:.2f}x")
+    print(f"batching on / off at 64 clients, by pair: "
+          f"{', '.join(f'{r:.2f}x' for r in ratios)}; median {speedup:.2f}x")
 
     misses = []
-    if batched[0].p50_ms > MAX_UNLOADED_P50_MS:
-        misses.append(f"unloaded p50 {batched[0].p50_ms:.1f} ms > {MAX_UNLOADED_P50_MS} ms")
-    if batched[2].rps < MIN_RPS_AT_64:
-        misses.append(f"{batched[2].rps:.0f} requests/s at 64 clients < {MIN_RPS_AT_64}")
-    if batched[2].p95_ms > MAX_P95_MS_AT_64:
-        misses.append(f"p95 {batched[2].p95_ms:.0f} ms at 64 clients > {MAX_P95_MS_AT_64} ms")
-    if any(result.errors for result in [*batched, unbatched]):
+    if light[0].p50_ms > MAX_UNLOADED_P50_MS:
+        misses.append(f"unloaded p50 {light[0].p50_ms:.1f} ms > {MAX_UNLOADED_P50_MS} ms")
+    if median_on.rps < MIN_RPS_AT_64:
+        misses.append(f"{median_on.rps:.0f} requests/s at 64 clients < {MIN_RPS_AT_64}")
+    if median_on.p95_ms > MAX_P95_MS_AT_64:
+        misses.append(f"p95 {median_on.p95_ms:.0f} ms at 64 clients > {MAX_P95_MS_AT_64} ms")
+    if any(result.errors for result in [*light, *(r for pair in pairs for r in pair)]):
         misses.append("some requests failed")
     if many_seconds > MAX_MANY_SECONDS or many_ok != 1000:
         misses.append(f"/forecast_many took {many_seconds:.3f} s for {many_ok} answers")

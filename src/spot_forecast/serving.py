@@ -89,15 +89,20 @@ class ForecastApp:
         self.quantile_names = [format_level(q) for q in bundle.quantiles]
         self.history: dict[str, Series] = bundle.history
         self._stored_windows: dict[str, PreparedForecast] = {}
+        # Spellings of the model's frequency already accepted ("1h", "60min"): parsing one with
+        # pandas cost more than the rest of preparing a stored series.
+        self._accepted_freqs: set[str] = set()
 
     # Requests to model inputs ---------------------------------------------------------------
 
     def prepare(self, request: ForecastRequest) -> PreparedForecast:
         """Validate a forecast request against the model and build its window."""
-        try:
-            check_frequency(request.freq, self.bundle.freq)
-        except FrequencyError as error:
-            raise UnsupportedRequest(str(error)) from None
+        if request.freq not in self._accepted_freqs:
+            try:
+                check_frequency(request.freq, self.bundle.freq)
+            except FrequencyError as error:
+                raise UnsupportedRequest(str(error)) from None
+            self._accepted_freqs.add(request.freq)
         if request.horizon > self.bundle.horizon:
             raise RequestError(
                 f"horizon is {request.horizon}; this model forecasts 1 to "
@@ -247,15 +252,15 @@ class ForecastApp:
         median_index = result.quantiles.index(0.5)
         first = item.end.to_pydatetime()
         step = self.step.to_pytimedelta()
-        levels = range(len(self.quantile_names)) if item.levels is None else item.levels
-        names = [(self.quantile_names[index], index) for index in levels]
+        rows = result.values.tolist()
+        if item.levels is None:
+            quantiles = [dict(zip(self.quantile_names, row)) for row in rows]
+        else:
+            names = [(self.quantile_names[index], index) for index in item.levels]
+            quantiles = [{name: row[index] for name, index in names} for row in rows]
         steps = [
-            ForecastStep(
-                ds=first + (h + 1) * step,
-                median=row[median_index],
-                quantiles={name: row[index] for name, index in names},
-            )
-            for h, row in enumerate(result.values.tolist())
+            ForecastStep(ds=first + h * step, median=row[median_index], quantiles=levels)
+            for h, (row, levels) in enumerate(zip(rows, quantiles), start=1)
         ]
         return ForecastResponse.model_construct(
             unique_id=result.unique_id,
