@@ -219,9 +219,10 @@ def test_replay_with_perfect_forecasts():
                    Series("z-1b/t.small/Linux/UNIX", start, b)), pd.Timedelta(hours=1),
                   start + (hours - 1) * pd.Timedelta(hours=1))
     config = DecisionConfig(
-        cutoff=start + pd.Timedelta(days=4), calibration_days=2, groups=1, n_paths=50,
+        cutoff=start + pd.Timedelta(days=4), calibration_days=2, calibration_every_hours=1,
+        groups=1, n_paths=50,
         job_hours=(4,), window_job_hours=(4,), placement_hours=(24,), risk_hours=(24,),
-        risk_rise_percent=(10.0,), rho_grid=(1.0,), min_decile_decisions=1,
+        risk_rise_percent=(10.0,), rho_grid=(1.0,), min_decile_decisions=1, min_differing=1,
     )
     results = replay(panel, perfect_forecaster({s.unique_id: s.values for s in panel}), config)
     window = results["cheapest_window"]["window_4h"]
@@ -249,7 +250,83 @@ def test_path_model_metadata_round_trip():
     from spot_forecast.decision_backtest import path_model_metadata
 
     model = PathModel(rho=0.97, cost_levels=((4.0, 0.2, 0.5, 0.8),),
-                      risk_knots=((0.0, 0.5, 1.0), (0.0, 0.3, 1.0)), min_saving_percent=0.2)
+                      risk_knots=((0.0, 0.5, 1.0), (0.0, 0.3, 1.0)), min_saving_percent=0.2,
+                      rank_min_saving_percent=100.0)
     loaded = PathModel.from_metadata({"sample_paths": path_model_metadata(model)})
     assert loaded == model
     assert loaded.risk_probability(0.25) == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("instance_type, pool", [
+    ("m5.large", "m.large x86_64"),
+    ("m5a.large", "m.large x86_64"),
+    ("m6i.large", "m.large x86_64"),
+    ("m5dn.large", "m.large x86_64"),
+    ("m6g.large", "m.large arm64"),
+    ("c7gn.xlarge", "c.xlarge arm64"),
+    ("t4g.micro", "t.micro arm64"),
+    ("g4dn.xlarge", "g.xlarge x86_64"),
+    ("r5.2xlarge", "r.2xlarge x86_64"),
+    ("weird", "weird"),
+])
+def test_pool_of_groups_swappable_types(instance_type, pool):
+    from spot_forecast.decision_backtest import pool_of
+
+    assert pool_of(instance_type) == pool
+
+
+def test_pool_groups_span_types_and_zones():
+    from spot_forecast.decision_backtest import pool_groups, zone_groups
+
+    ids = ["a-1a/m5.large/Linux/UNIX", "a-1a/m6i.large/Linux/UNIX", "a-1b/m5.large/Linux/UNIX",
+           "a-1a/m6g.large/Linux/UNIX", "a-1a/m5.large/Windows"]
+    pools = sorted(sorted(rows.tolist()) for rows in pool_groups(ids))
+    assert pools == [[0, 1, 2], [3], [4]]
+    zones = sorted(sorted(rows.tolist()) for rows in zone_groups(ids))
+    assert zones == [[0, 2], [1], [3], [4]]
+
+
+def test_wilson_lower_bound_shrinks_with_few_trials():
+    from spot_forecast.decision_backtest import wilson_lower_bound
+
+    assert wilson_lower_bound(0, 0) == 0.0
+    # 7 of 10 and 700 of 1,000 are both 70 %, but only the second is surely above 60 %.
+    assert wilson_lower_bound(7, 10) < 0.6 < wilson_lower_bound(700, 1000) < 0.7
+    assert wilson_lower_bound(700, 1000) == pytest.approx(0.6755, abs=1e-3)
+
+
+def test_margin_fit_never_switches_without_skill():
+    """A forecast whose placement choices lose keeps /rank with cheapest-now."""
+    from spot_forecast.decision_backtest import (
+        NEVER_SWITCH, DecisionConfig, OriginBatch, fit_path_model,
+    )
+
+    # Two zones; the forecast always expects zone a (cheaper now) to rise 10 % while
+    # zone b stays, but zone a never moves: leaving it always loses.
+    ids = ["z-1a/t.small/Linux/UNIX", "z-1b/t.small/Linux/UNIX"]
+    horizon = 72
+    levels = LEVELS
+    values = np.empty((2, horizon, len(levels)))
+    values[0] = 0.0300 * 1.10 * np.exp(np.linspace(-0.01, 0.01, len(levels)))
+    values[1] = 0.0310 * np.exp(np.linspace(-0.01, 0.01, len(levels)))
+    actual = np.vstack([np.full(horizon + 1, 0.0300), np.full(horizon + 1, 0.0310)])
+    batches = [OriginBatch(pd.Timestamp("2022-02-01T00:00Z") + pd.Timedelta(hours=8 * i), ids,
+                           levels, values, actual) for i in range(30)]
+    config = DecisionConfig(n_paths=50, job_hours=(4,), window_job_hours=(4,),
+                            placement_hours=(24, 72), risk_hours=(24,), rho_grid=(0.99,))
+    model, fitting = fit_path_model(batches, config)
+    assert model.rank_min_saving_percent == NEVER_SWITCH
+    placement = fitting["margins"][0]["placement"]
+    assert placement["choices_differ"] > 0 and placement["wins"] == 0
+
+
+def test_target_values_formatted_by_kind():
+    from spot_forecast.decision_backtest import format_target
+
+    assert format_target("window_4h extra cost <= 1 %", {"value": 0.02206}) == "0.022 %"
+    assert format_target("window_4h beats cheapest-now >= 60 % where choices differ",
+                         {"value": 0.5606, "choices_differ": 371}) == "56.1 % of 371"
+    assert format_target("placement_24h beats cheapest-now >= 60 % where choices differ",
+                         {"value": None, "choices_differ": 0}) == "n/a (0 differing decisions)"
+    assert format_target("risk calibration within 5 points per judged decile",
+                         {"value": 5.688}) == "5.7 points"

@@ -141,3 +141,56 @@ def test_report_files_written(backtest, tmp_path):
                      "evaluation_error_by_horizon.png", "evaluation_fan_charts.png"]
     assert json.loads((tmp_path / "evaluation.json").read_text())["command"]
     assert "| LSTM (this model) |" in (tmp_path / "evaluation.md").read_text()
+
+
+def test_report_adds_decision_targets(backtest, tmp_path):
+    decisions = {
+        "model": "spot_lstm_dev:abc", "report": "decisions.md", "seconds": 1.0,
+        "targets": [{"target": "window_4h extra cost <= 1 %", "value": 0.009, "met": True,
+                     "shown": "0.009 %"},
+                    {"target": "risk calibration within 5 points per judged decile",
+                     "value": 6.25, "met": False, "shown": "6.2 points"}],
+    }
+    write_report({**backtest, "decisions": decisions}, tmp_path)
+    text = (tmp_path / "evaluation.md").read_text()
+    assert "## Decisions" in text
+    assert "[decisions.md](decisions.md)" in text
+    assert "| window_4h extra cost <= 1 % | 0.009 % | yes |" in text
+    assert "| risk calibration within 5 points per judged decile | 6.2 points | no |" in text
+
+
+def test_report_without_decisions_has_no_section(backtest, tmp_path):
+    write_report(backtest, tmp_path)
+    assert "## Decisions" not in (tmp_path / "evaluation.md").read_text()
+
+
+def test_decisions_option_replays_with_the_cutoff(monkeypatch, tmp_path):
+    import argparse
+
+    from spot_forecast import evaluate
+
+    calls = []
+
+    def fake_backtest(events, settings, config):
+        return {"runtime_seconds": {"total": 1.0}, "command": "spot-forecast evaluate"}
+
+    monkeypatch.setattr(evaluate, "run_backtest", fake_backtest)
+    monkeypatch.setattr(evaluate, "check_targets", lambda results: [])
+    monkeypatch.setattr(evaluate, "replay_decisions",
+                        lambda events, paths, cutoff, out: calls.append((cutoff, out)) or {})
+    monkeypatch.setattr(evaluate, "write_report", lambda results, folder: [])
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    data = tmp_path / "prices.csv"
+    events = synthetic_events()
+    events.rename(columns={"ds": "Timestamp", "y": "SpotPrice", "availability_zone":
+                           "AvailabilityZone", "instance_type": "InstanceType",
+                           "product_description": "ProductDescription"}).drop(
+        columns=["unique_id", "region"]).to_csv(data, index=False)
+    args = parser.parse_args([str(data), "--decisions", "--cutoff", "2024-04-10T00:00Z",
+                              "--out", str(tmp_path)])
+    assert evaluate.run_from_args(args, Settings(**TINY)) == 0
+    assert calls == [(pd.Timestamp("2024-04-10T00:00Z"), tmp_path)]
+    args = parser.parse_args([str(data), "--out", str(tmp_path)])
+    evaluate.run_from_args(args, Settings(**TINY))
+    assert len(calls) == 1

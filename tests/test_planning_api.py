@@ -351,8 +351,11 @@ def test_rank_default_margin_reported(client):
     # The test bundle stores no path model, so the packaged fit applies.
     body = client.post("/rank", json={"instance_types": ["m5.large"], "region": "eu-west-1",
                                       "hours": 24}).json()
-    assert body["min_saving_percent"] == PathModel.from_metadata({}).min_saving_percent
+    fitted = PathModel.from_metadata({})
+    assert body["min_saving_percent"] == fitted.rank_min_saving_percent
     assert body["recommended"]["unique_id"] in {p["unique_id"] for p in body["ranked"]}
+    window = client.post("/cheapest_window", json=WINDOW_BODY).json()
+    assert window["min_saving_percent"] == fitted.min_saving_percent
 
 
 def test_negative_margin_rejected(client):

@@ -10,9 +10,11 @@ replayed against the prices that followed:
   instance type and product. The forecast picks the (zone, start) with the lowest expected cost.
   "Cheapest right now" starts at once in the zone with the lowest current price. The hindsight
   best is the cheapest (zone, start) in the actual prices.
-* **Placement.** A window of 24 or 72 hours from the origin, over the zones of one instance type
-  and product: the forecast picks the lowest expected cost, "cheapest right now" the lowest
-  current price.
+* **Placement.** A window of 24 or 72 hours from the origin, over every instance type and zone of
+  one pool (``pool_of``: m5.large, m5a.large, m6i.large and so on) and product, as a job that
+  runs on any of them would ask ``/rank``; and, for reference, over the zones of one instance
+  type. The forecast picks the lowest expected cost, "cheapest right now" the lowest current
+  price.
 * **Price risk.** The probability that the price rises 1, 2, 5 or 10 % above the last price at any
   hour of the next 24 or 72 hours, against whether it did.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -62,10 +65,12 @@ class DecisionConfig:
 
     cutoff: pd.Timestamp = DEV_CUTOFF
     calibration_days: int = 14
+    #: Origins are denser on the calibration days, whose 14 days give few daily origins.
+    calibration_every_hours: int = 8
     origin_every_hours: int = 24
     products: tuple[str, ...] = ("Linux/UNIX", "Windows")
-    #: (instance type, product) groups sampled with ``seed``; each brings all its zones.
-    groups: int = 200
+    #: (pool, product) groups sampled with ``seed``; each brings all its types and zones.
+    groups: int = 65
     seed: int = 20220211
     n_paths: int = 1000
     job_hours: tuple[int, ...] = (4, 24, 72)
@@ -77,6 +82,9 @@ class DecisionConfig:
     rho_grid: tuple[float, ...] = (0.9, 0.95, 0.98, 0.99, 0.995, 1.0)
     #: A decile of risk probabilities is judged only with at least this many decisions in it.
     min_decile_decisions: int = 100
+    #: A saving margin is judged only with at least this many calibration decisions that
+    #: differ from "cheapest right now".
+    min_differing: int = 20
 
     @property
     def horizon(self) -> int:
@@ -150,13 +158,34 @@ def ratio(numerator: int, denominator: int) -> float | None:
 # Data -----------------------------------------------------------------------------------------
 
 
+def pool_of(instance_type: str) -> str:
+    """The pool of instance types a flexible job can swap between, such as ``m.large x86_64``.
+
+    A pool contains the types of one family class (the letters before the generation: m, c, r, t,
+    ...), one size and one CPU architecture, as an EC2 Fleet with instance-type flexibility
+    would list them: m5.large, m5a.large and m6i.large share a pool, m6g.large (Graviton) does
+    not. Types that do not parse form a pool of their own.
+    """
+    family, _, size = instance_type.partition(".")
+    match = re.fullmatch(r"([a-z]+)(\d+)([a-z-]*)", family)
+    if match is None or not size:
+        return instance_type
+    letters, _, attributes = match.groups()
+    # The g after the generation marks Graviton (m6g, c7gn, t4g); the g class itself is GPU.
+    arm = "g" in attributes and letters != "g"
+    return f"{letters}.{size} {'arm64' if arm else 'x86_64'}"
+
+
 def sample_series(panel: Panel, config: DecisionConfig) -> list[str]:
-    """Series of ``config.groups`` (instance type, product) groups, sampled with the seed."""
+    """Series of ``config.groups`` (pool, product) groups, sampled with the seed.
+
+    Each group brings every instance type of its pool (``pool_of``) in every zone.
+    """
     groups: dict[tuple[str, str], list[str]] = {}
     for unique_id in panel.ids():
         _, instance_type, product = split_series_id(unique_id)
         if product in config.products:
-            groups.setdefault((instance_type, product), []).append(unique_id)
+            groups.setdefault((pool_of(instance_type), product), []).append(unique_id)
     keys = sorted(groups)
     rng = np.random.default_rng(config.seed)
     chosen = rng.choice(len(keys), size=min(config.groups, len(keys)), replace=False)
@@ -244,22 +273,32 @@ def replay_paths(batch: OriginBatch, model: PathModel, config: DecisionConfig,
 
 def zone_groups(unique_ids: Sequence[str]) -> list[np.ndarray]:
     """Row indices of the series of each (instance type, product), in id order."""
+    return _groups(unique_ids, lambda instance_type: instance_type)
+
+
+def pool_groups(unique_ids: Sequence[str]) -> list[np.ndarray]:
+    """Row indices of the series of each (pool, product): every type of a pool in every zone."""
+    return _groups(unique_ids, pool_of)
+
+
+def _groups(unique_ids: Sequence[str], key: Callable[[str], str]) -> list[np.ndarray]:
     groups: dict[tuple[str, str], list[int]] = {}
     for row, unique_id in enumerate(unique_ids):
         _, instance_type, product = split_series_id(unique_id)
-        groups.setdefault((instance_type, product), []).append(row)
+        groups.setdefault((key(instance_type), product), []).append(row)
     return [np.array(rows) for _, rows in sorted(groups.items())]
 
 
 def replay_choices(batch: OriginBatch, config: DecisionConfig,
-                   tallies: dict[str, Tally], min_saving_percent: float) -> None:
+                   tallies: dict[str, Tally], margins: Margins) -> None:
     """Replay cheapest-window and placement choices of one batch into ``tallies``.
 
     Expected costs come from the marginal means, as in the API, so they need no paths. The
     forecast's choice replaces "cheapest right now" only when its expected saving is at least
-    ``min_saving_percent`` of the baseline's expected cost, as the API's recommendation does.
+    the kind's margin (percent of the baseline's expected cost), as the API's recommendation
+    does: ``margins.window`` for ``/cheapest_window``, ``margins.placement`` for ``/rank``.
     """
-    margin = min_saving_percent / 100.0
+    margin = margins.window / 100.0
     means = np.concatenate(
         [batch.last[:, None], mean_prices(batch.values, batch.levels)], axis=1
     )
@@ -287,18 +326,30 @@ def replay_choices(batch: OriginBatch, config: DecisionConfig,
                 best=float(actual.min()), differ=(zone, start) != (cheapest_now, 0),
             )
 
-        if len(rows) < 2:
-            continue
-        for hours in config.placement_hours:
-            expected = expected_sums[rows, hours]
-            actual = actual_sums[rows, hours]
-            zone = int(np.lexsort((last, expected))[0])
-            if expected[zone] > expected[cheapest_now] * (1 - margin):
-                zone = cheapest_now
-            tallies[f"placement_{hours}h"].add(
-                chosen=float(actual[zone]), baseline=float(actual[cheapest_now]),
-                best=float(actual.min()), differ=zone != cheapest_now,
-            )
+    # Placement over the zones of one instance type, and over every type and zone of a pool.
+    margin = margins.placement / 100.0
+    for kind, groups in (("placement_zones", zone_groups), ("placement", pool_groups)):
+        for rows in groups(batch.unique_ids):
+            if len(rows) < 2:
+                continue
+            last = batch.last[rows]
+            cheapest_now = int(np.argmin(last))
+            for hours in config.placement_hours:
+                expected = expected_sums[rows, hours]
+                actual = actual_sums[rows, hours]
+                choice = int(np.lexsort((last, expected))[0])
+                if expected[choice] > expected[cheapest_now] * (1 - margin):
+                    choice = cheapest_now
+                tallies[f"{kind}_{hours}h"].add(
+                    chosen=float(actual[choice]), baseline=float(actual[cheapest_now]),
+                    best=float(actual.min()), differ=choice != cheapest_now,
+                )
+
+
+def decision_kinds(config: DecisionConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """Return the kinds of choice ``replay_choices`` tallies, with their job or window hours."""
+    return [("window", config.window_job_hours), ("placement", config.placement_hours),
+            ("placement_zones", config.placement_hours)]
 
 
 # Summaries ------------------------------------------------------------------------------------
@@ -399,7 +450,7 @@ def replay(
     step = pd.Timedelta(hours=1)
     calibration = origins_between(
         config.cutoff - pd.Timedelta(days=config.calibration_days),
-        config.cutoff - horizon * step, config.origin_every_hours,
+        config.cutoff - horizon * step, config.calibration_every_hours,
     )
     evaluation = origins_between(config.cutoff, panel.end - horizon * step,
                                  config.origin_every_hours)
@@ -415,8 +466,7 @@ def replay(
     rng = np.random.default_rng(config.seed)
     jobs, risks = [], []
     tallies = {f"{kind}_{h}h{suffix}": Tally()
-               for kind, hours in (("window", config.window_job_hours),
-                                   ("placement", config.placement_hours))
+               for kind, hours in decision_kinds(config)
                for h in hours for suffix in ("", "_no_margin")}
     series_seen: set[str] = set()
     for done, origin in enumerate(evaluation, start=1):
@@ -427,9 +477,10 @@ def replay(
         records = replay_paths(batch, model, config, rng)
         jobs.append(records["job"])
         risks.append(records["risk"])
-        replay_choices(batch, config, tallies, model.min_saving_percent)
+        replay_choices(batch, config, tallies,
+                       Margins(model.min_saving_percent, model.rank_min_saving_percent))
         raw = {k.removesuffix("_no_margin"): t for k, t in tallies.items() if k.endswith("_no_margin")}
-        replay_choices(batch, config, raw, 0.0)
+        replay_choices(batch, config, raw, Margins(0.0, 0.0))
         logger.info("origin %s done (%d of %d)", origin.isoformat(), done, len(evaluation))
 
     job_table, risk_table = np.concatenate(jobs), np.concatenate(risks)
@@ -467,6 +518,7 @@ def path_model_metadata(model: PathModel) -> dict[str, Any]:
         "risk_knots": [[round(x, 4) for x in model.risk_knots[0]],
                        [round(y, 4) for y in model.risk_knots[1]]],
         "min_saving_percent": model.min_saving_percent,
+        "rank_min_saving_percent": model.rank_min_saving_percent,
     }
 
 
@@ -481,9 +533,11 @@ def fit_path_model(batches: Sequence[OriginBatch], config: DecisionConfig
       values of job costs, so that reading the path costs at those levels covers as the nominal
       ones should.
     * Risk map: isotonic regression of exceedance events on path frequencies.
-    * Saving margin: the smallest of ``MARGIN_GRID`` whose choices beat "cheapest right now" in
-      at least 60 % of the calibration decisions where they differ, with at least
-      ``MIN_DIFFERING`` such decisions. When none does, the largest margin.
+    * Saving margins, one for windows and one for placements: the smallest of ``MARGIN_GRID``
+      whose choices beat "cheapest right now" in at least 60 % of the calibration decisions where
+      they differ, judged by the one-sided 95 % lower bound of that rate, with at least
+      ``config.min_differing`` such decisions. The bound keeps the choice from resting on a rate that
+      clears 60 % by chance. When no margin qualifies, ``NEVER_SWITCH``.
     """
     from sklearn.isotonic import IsotonicRegression
 
@@ -521,26 +575,54 @@ def fit_path_model(batches: Sequence[OriginBatch], config: DecisionConfig
     margins = []
     for margin in MARGIN_GRID:
         tallies = {f"{kind}_{h}h": Tally()
-                   for kind, hours in (("window", config.window_job_hours),
-                                       ("placement", config.placement_hours)) for h in hours}
+                   for kind, hours in decision_kinds(config) for h in hours}
         for batch in batches:
-            replay_choices(batch, config, tallies, margin)
-        wins = sum(t.summary()["wins"] for t in tallies.values())
-        differ = sum(t.summary()["choices_differ"] for t in tallies.values())
-        margins.append({"min_saving_percent": margin, "choices_differ": differ, "wins": wins,
-                        "win_rate": ratio(wins, differ)})
-    good = [m for m in margins if m["choices_differ"] >= MIN_DIFFERING and m["win_rate"] >= 0.6]
-    margin = good[0]["min_saving_percent"] if good else MARGIN_GRID[-1]
+            replay_choices(batch, config, tallies, Margins(margin, margin))
+        row: dict[str, Any] = {"min_saving_percent": margin}
+        for kind, prefixes in (("window", ("window_",)), ("placement", ("placement",))):
+            summaries = [t.summary() for name, t in tallies.items() if name.startswith(prefixes)]
+            wins = sum(x["wins"] for x in summaries)
+            differ = sum(x["choices_differ"] for x in summaries)
+            row[kind] = {"choices_differ": differ, "wins": wins, "win_rate": ratio(wins, differ),
+                         "win_rate_lower_bound": wilson_lower_bound(wins, differ)}
+        margins.append(row)
+    chosen = {kind: next((m["min_saving_percent"] for m in margins
+                          if m[kind]["choices_differ"] >= config.min_differing
+                          and m[kind]["win_rate_lower_bound"] >= MIN_WIN_RATE), NEVER_SWITCH)
+              for kind in ("window", "placement")}
 
     model = PathModel(rho=rho, n_paths=config.n_paths, seed=config.seed,
-                      cost_levels=cost_levels, risk_knots=knots, min_saving_percent=margin)
+                      cost_levels=cost_levels, risk_knots=knots,
+                      min_saving_percent=chosen["window"],
+                      rank_min_saving_percent=chosen["placement"])
     return model, {"rho_grid": table, "margins": margins}
 
 
+@dataclass(frozen=True)
+class Margins:
+    """Expected saving, in percent, that makes a choice leave "cheapest right now", by kind."""
+
+    window: float
+    placement: float
+
+
+def wilson_lower_bound(successes: int, trials: int, z: float = 1.645) -> float:
+    """One-sided 95 % Wilson lower bound of a success rate; 0 without trials."""
+    if trials == 0:
+        return 0.0
+    p = successes / trials
+    centre = p + z * z / (2 * trials)
+    spread = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return float((centre - spread) / (1 + z * z / trials))
+
+
 #: Saving margins tried, in percent of the "cheapest right now" expected cost.
-MARGIN_GRID = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-#: Minimum calibration decisions that differ from "cheapest right now" to judge a margin.
-MIN_DIFFERING = 20
+MARGIN_GRID = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+#: Win rate over "cheapest right now" that a margin must reach, by its lower bound.
+MIN_WIN_RATE = 0.6
+#: Margin of a kind where no margin of the grid qualifies: a saving of 100 % never happens,
+#: so the recommendation stays with "cheapest right now" unless a request sets its own.
+NEVER_SWITCH = 100.0
 
 
 def check_targets(results: dict[str, Any]) -> dict[str, Any]:
@@ -570,6 +652,29 @@ def check_targets(results: dict[str, Any]) -> dict[str, Any]:
 # Report ---------------------------------------------------------------------------------------
 
 
+def format_target(name: str, row: dict[str, Any]) -> str:
+    """Format the measured value of one target of ``check_targets`` for the report."""
+    value = row["value"]
+    if value is None:
+        return "n/a" + (f" ({row['choices_differ']} differing decisions)"
+                        if "choices_differ" in row else "")
+    if "coverage" in name or "beats" in name:
+        shown = format_percent(value)
+        if "choices_differ" in row:
+            shown += f" of {row['choices_differ']}"
+        return shown
+    if "extra cost" in name:
+        return f"{value:.3f} %"
+    return f"{value:.1f} points"
+
+
+def margin_text(percent: float) -> str:
+    """Format a fitted margin for the report, where ``NEVER_SWITCH`` reads as never."""
+    if percent >= NEVER_SWITCH:
+        return "100 % (never: no margin qualified)"
+    return f"{percent:g} %"
+
+
 def format_percent(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f} %"
 
@@ -581,14 +686,15 @@ def format_report(results: dict[str, Any], model_tag: str) -> str:
     lines = [
         "# Decision backtest",
         "",
-        f"Generated by `{REPORT_COMMAND} --train` (or `--model TAG` to reuse a model) with model "
+        f"Generated by `spot-forecast evaluate --decisions` or `{REPORT_COMMAND} --train` "
+        f"(`--model TAG` reuses a model) with model "
         f"`{model_tag}`, trained with the default settings only on data before "
         f"{setup['cutoff']}. Origins every 24 hours "
         f"from {setup['evaluation_origins'][0]} to {setup['evaluation_origins'][-1]} "
         f"({len(setup['evaluation_origins'])} origins); {setup['series']} series of "
-        f"{setup['config']['groups']} (instance type, product) groups sampled with seed "
-        f"{setup['config']['seed']}, all zones of each. Run time {results['seconds']:.0f} s on "
-        "2 shared CPU cores.",
+        f"{setup['config']['groups']} (pool, product) groups sampled with seed "
+        f"{setup['config']['seed']}, every instance type and zone of each. "
+        f"Run time {results['seconds']:.0f} s on 2 shared CPU cores.",
         "",
         "## Targets",
         "",
@@ -596,25 +702,15 @@ def format_report(results: dict[str, Any], model_tag: str) -> str:
         "|---|---|---|",
     ]
     for name, row in results["targets"].items():
-        value = row["value"]
-        if value is None:
-            shown = "n/a"
-        elif "coverage" in name or "beats" in name:
-            shown = format_percent(value)
-            if "choices_differ" in row:
-                shown += f" of {row['choices_differ']}"
-        elif "extra cost" in name:
-            shown = f"{value:.3f} %"
-        else:
-            shown = f"{value:.1f} points"
-        lines.append(f"| {name} | {shown} | {'yes' if row['met'] else 'no'} |")
+        lines.append(f"| {name} | {format_target(name, row)} | {'yes' if row['met'] else 'no'} |")
 
     lines += [
         "",
         "## Sample paths and their calibration",
         "",
         f"Method: {paths['method']}. Everything below was fitted on "
-        f"{len(setup['calibration_origins'])} origins in the "
+        f"{len(setup['calibration_origins'])} origins "
+        f"{setup['config']['calibration_every_hours']} hours apart in the "
         f"{setup['config']['calibration_days']} days before the cut-off, which the network "
         "held out from training as its validation days; the evaluation period informs none of "
         "it. The service uses the same values (`sample_paths` in this report's JSON twin).",
@@ -622,13 +718,17 @@ def format_report(results: dict[str, Any], model_tag: str) -> str:
         f"- `rho` = {paths['rho']:g}: lowest Brier score of the raw risk frequencies.",
         "- Cost percentiles are read at recalibrated path levels by job length "
         f"({'; '.join(f'{r[0]:g} h: {r[1]:.3f}, {r[2]:.3f}, {r[3]:.3f}' for r in paths['cost_levels'])}), "
-        "the 10th, 50th and 90th percentiles of the calibration PIT values, because the "
-        "network's hourly intervals are wider than nominal. Levels for other lengths are "
-        "interpolated in log hours.",
+        "the 10th, 50th and 90th percentiles of the calibration PIT values: the spread of a "
+        "sum depends on how the hours move together, which the copula only approximates. "
+        "Levels for other lengths are interpolated in log hours.",
         f"- Risk probabilities pass through an isotonic map with {len(paths['risk_knots'][0])} "
         "knots.",
-        f"- A recommendation leaves \"cheapest right now\" only for an expected saving of at "
-        f"least {paths['min_saving_percent']:g} % of its cost.",
+        "- A recommendation leaves \"cheapest right now\" only for an expected saving of at "
+        f"least {margin_text(paths['min_saving_percent'])} of its cost for a start window "
+        f"(`/cheapest_window`) and {margin_text(paths['rank_min_saving_percent'])} for a "
+        "placement (`/rank`). Each is the smallest margin whose calibration win rate over "
+        "\"cheapest right now\" is at least 60 % by its one-sided 95 % lower bound (Wilson), "
+        f"among margins with at least {setup['config']['min_differing']} differing decisions.",
         "",
         "| rho | Brier of raw risk | raw risk max gap (points) | job-cost PIT coverage at 0.1 to 0.9 |",
         "|---|---|---|---|",
@@ -636,10 +736,14 @@ def format_report(results: dict[str, Any], model_tag: str) -> str:
     for row in paths["fitting"]["rho_grid"]:
         lines.append(f"| {row['rho']:g} | {row['brier']:.5f} | {row['risk_max_gap_points']:.1f} | "
                      f"{format_percent(row['pit_coverage_80'])} |")
-    lines += ["", "| min saving | choices differ | wins | win rate |", "|---|---|---|---|"]
+    lines += ["", "| min saving | kind | choices differ | wins | win rate | lower bound |",
+              "|---|---|---|---|---|---|"]
     for row in paths["fitting"]["margins"]:
-        lines.append(f"| {row['min_saving_percent']:g} % | {row['choices_differ']} | "
-                     f"{row['wins']} | {format_percent(row['win_rate'])} |")
+        for kind in ("window", "placement"):
+            cell = row[kind]
+            lines.append(f"| {row['min_saving_percent']:g} % | {kind} | {cell['choices_differ']} | "
+                         f"{cell['wins']} | {format_percent(cell['win_rate'])} | "
+                         f"{format_percent(cell['win_rate_lower_bound'])} |")
 
     job = results["job_cost"]
     lines += [
@@ -708,12 +812,17 @@ def format_report(results: dict[str, Any], model_tag: str) -> str:
         "",
         "## Limits",
         "",
-        "- Placement here compares the zones of one instance type and product. Their prices "
-        "rarely cross, so the forecast's choice differs from \"cheapest right now\" in few "
-        "decisions, and the win rates of those few carry wide uncertainty.",
+        "- Placement: on the calibration days no margin made the forecast's placement choices "
+        "beat \"cheapest right now\" in 60 % of differing decisions by the lower bound (table "
+        "above). So `/rank` keeps its recommendation with the candidate cheapest now when "
+        "the fitted margin is 100 %, its choices then never differ here, and the win-rate "
+        "target has no decisions to judge. The rows \"no margin\" show "
+        "what choosing the lowest expected cost would have done. The network forecasts each "
+        "series alone and has not learnt when one pool or zone overtakes another; its "
+        "ranking by expected cost is still returned.",
         "- The calibration days and the evaluation period differ: prices moved more often after "
-        "the cut-off, which shows in the risk deciles and in the share of 72-hour job costs "
-        "outside the interval.",
+        "the cut-off, which shows in the risk deciles, and window choices at the fitted margin "
+        "won less often than they did on the calibration days.",
         "- Origins are one day apart and the series of one origin move together, so the "
         "decisions are not independent; treat differences of a point or two as noise.",
         "- The fit belongs to the model it was made with. The served model, trained on all the "
@@ -768,12 +877,17 @@ def train_before_cutoff(table: pd.DataFrame, cutoff: pd.Timestamp) -> str:
 
 
 def run(model_tag: str | None, data_paths: Sequence[Path], out: Path,
-        config: DecisionConfig = DecisionConfig()) -> dict[str, Any]:
-    """Load (or train) the model, read the data, replay the decisions and write the report."""
+        config: DecisionConfig = DecisionConfig(),
+        table: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Load (or train) the model, read the data, replay the decisions and write the report.
+
+    ``table`` contains price events already read from ``data_paths``, so they are not read twice.
+    """
     from spot_forecast.ingest import read_prices
     from spot_forecast.store import load_bundle
 
-    table, _ = read_prices(list(data_paths))
+    if table is None:
+        table, _ = read_prices(list(data_paths))
     if model_tag is None:
         model_tag = train_before_cutoff(table, config.cutoff)
     bundle = load_bundle(model_tag)
@@ -797,7 +911,8 @@ def save_defaults(results: dict[str, Any]) -> Path:
 
     setup = results["setup"]
     fitted = {key: results["sample_paths"][key]
-              for key in ("rho", "cost_levels", "risk_knots", "min_saving_percent")}
+              for key in ("rho", "cost_levels", "risk_knots", "min_saving_percent",
+                          "rank_min_saving_percent")}
     payload = {
         "fitted_on": f"decision backtest of {results['model']}, calibration origins "
                      f"{setup['calibration_origins'][0]} to {setup['calibration_origins'][-1]}",
@@ -827,7 +942,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, nargs="*", help="price files (default: settings)")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="report folder")
     parser.add_argument("--groups", type=int, default=DecisionConfig.groups,
-                        help="(instance type, product) groups to sample")
+                        help="(pool, product) groups to sample, each with all its instance "
+                        "types and zones")
     parser.add_argument("--save-defaults", action="store_true",
                         help="also write the fitted path model to the package's path_model.json, "
                         "which the service uses for bundles without their own")

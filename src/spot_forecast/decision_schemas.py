@@ -58,7 +58,8 @@ def check_saving_percent(value: float | None) -> float | None:
 MIN_SAVING_DESCRIPTION = (
     "Expected saving, in percent of the cost of the candidate cheapest right now, below which "
     "the recommendation stays with that candidate. Defaults to the margin fitted on the "
-    "decision backtest; 0 recommends the lowest expected cost however small the saving."
+    "decision backtest for this endpoint (100 where no margin beat cheapest right now there); "
+    "0 recommends the lowest expected cost however small the saving."
 )
 
 

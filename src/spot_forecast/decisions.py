@@ -24,8 +24,9 @@ hours are independent and the spread of a long job shrinks. Spot prices change a
 and then hold, so the right value is close to 1.
 
 Three corrections are fitted on calibration days before the evaluation period (see
-``decision_backtest``), because the network's hourly intervals are wider than their nominal
-levels: the path levels reported as the 10th, 50th and 90th cost percentiles, by job length
+``decision_backtest``), because the cost of a job and the peak price of a window depend on how
+the hours move together, which the copula only approximates, and because the hourly intervals
+are calibrated one hour at a time: the path levels reported as the 10th, 50th and 90th cost percentiles, by job length
 (quantile recalibration of the job-cost PIT), an isotonic map from path exceedance frequencies to
 probabilities, and the smallest expected saving for which a recommendation leaves "cheapest right
 now". A bundle may carry its own under ``metadata["sample_paths"]``. Otherwise the values in
@@ -88,7 +89,10 @@ class PathModel:
     seed: int = 0
     cost_levels: tuple[tuple[float, float, float, float], ...] = DEFAULT_COST_LEVELS
     risk_knots: tuple[tuple[float, ...], tuple[float, ...]] = DEFAULT_RISK_KNOTS
+    #: Margin of ``/cheapest_window`` recommendations, in percent of the cheapest-now cost.
     min_saving_percent: float = DEFAULT_MIN_SAVING_PERCENT
+    #: Margin of ``/rank`` recommendations; 100 keeps them with the candidate cheapest now.
+    rank_min_saving_percent: float = DEFAULT_MIN_SAVING_PERCENT
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rho <= 1.0:
@@ -115,6 +119,10 @@ class PathModel:
             risk_knots=(tuple(map(float, knots[0])), tuple(map(float, knots[1]))),
             min_saving_percent=float(
                 stored.get("min_saving_percent", DEFAULT_MIN_SAVING_PERCENT)
+            ),
+            rank_min_saving_percent=float(
+                stored.get("rank_min_saving_percent",
+                           stored.get("min_saving_percent", DEFAULT_MIN_SAVING_PERCENT))
             ),
         )
 

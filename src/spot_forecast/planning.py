@@ -94,8 +94,8 @@ class Planner:
     def max_horizon(self) -> int:
         return self.app.bundle.horizon
 
-    def _margin(self, requested: float | None) -> float:
-        return self.paths.min_saving_percent if requested is None else requested
+    def _margin(self, requested: float | None, fitted: float) -> float:
+        return fitted if requested is None else requested
 
     # Shared steps ----------------------------------------------------------------------------
 
@@ -228,7 +228,7 @@ class Planner:
                 for rank, o in enumerate(options, start=1)
             ]
 
-            margin = self._margin(request.min_saving_percent)
+            margin = self._margin(request.min_saving_percent, self.paths.min_saving_percent)
             recommended = ranked[0]
             if recommended.saving_percent < margin:
                 recommended = next(
@@ -302,7 +302,8 @@ class Planner:
             placements.sort(key=lambda p: (p.cost.expected, p.last_price, p.unique_id))
             for rank, placement in enumerate(placements, start=1):
                 placement.rank = rank
-            margin = self._margin(request.min_saving_percent)
+            margin = self._margin(request.min_saving_percent,
+                                  self.paths.rank_min_saving_percent)
             cheapest_now = min(placements, key=lambda p: (p.last_price, p.rank), default=None)
             recommended = placements[0] if placements else None
             if recommended is not None and cheapest_now is not None:
