@@ -20,8 +20,10 @@ Sample-path method (a Gaussian copula with an AR(1) latent process):
 
 ``rho`` sets how persistent a path is. With ``rho = 1`` a path stays at one quantile level for
 the whole horizon and the percentiles of a sum become sums of percentiles. With ``rho = 0`` the
-hours are independent and the spread of a long job shrinks. Spot prices change a few times a day
-and then hold, so the right value is close to 1.
+hours are independent and the spread of a long job shrinks. The decision backtest picks ``rho``
+from a grid by the Brier score of the risk probabilities (0.9 for the shipped fit). The path
+levels of job costs are recalibrated after it, so the cost intervals do not rest on ``rho``
+alone.
 
 Three corrections are fitted on calibration days before the evaluation period (see
 ``decision_backtest``), because the cost of a job and the peak price of a window depend on how
