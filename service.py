@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 
 from spot_forecast.archive import ArchiveError
 from spot_forecast.config import Settings
-from spot_forecast.http_limits import BodySizeLimit, FormBodyRejection
+from spot_forecast.http_limits import BodySizeLimit, FormBodyRejection, quiet_client_errors
 from spot_forecast.schemas import (
     ForecastManyRequest,
     ForecastManyResponse,
@@ -80,6 +80,7 @@ class SpotForecast:
             type(self).bundle_ref, self.settings, on_batch=BATCH_SIZE.observe
         )
         self.planner = Planner(self.app)
+        quiet_client_errors()
         freeze_loaded_objects()
         logger.info("serving %s with %d series", self.app.tag, len(self.app.history))
 

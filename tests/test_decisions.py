@@ -301,8 +301,8 @@ def test_margin_fit_never_switches_without_skill():
         NEVER_SWITCH, DecisionConfig, OriginBatch, fit_path_model,
     )
 
-    # Two zones; the forecast always expects zone a (cheaper now) to rise 10 % while
-    # zone b stays, but zone a never moves: leaving it always loses.
+    # The forecast expects zone a (cheaper now) to rise 10 % while zone b stays flat.
+    # Zone a never moves, so leaving it always loses.
     ids = ["z-1a/t.small/Linux/UNIX", "z-1b/t.small/Linux/UNIX"]
     horizon = 72
     levels = LEVELS
@@ -317,7 +317,8 @@ def test_margin_fit_never_switches_without_skill():
     model, fitting = fit_path_model(batches, config)
     assert model.rank_min_saving_percent == NEVER_SWITCH
     placement = fitting["margins"][0]["placement"]
-    assert placement["choices_differ"] > 0 and placement["wins"] == 0
+    assert placement["choices_differ"] > 0
+    assert placement["wins"] == 0
 
 
 def test_target_values_formatted_by_kind():
@@ -330,3 +331,33 @@ def test_target_values_formatted_by_kind():
                          {"value": None, "choices_differ": 0}) == "n/a (0 differing decisions)"
     assert format_target("risk calibration within 5 points per judged decile",
                          {"value": 5.688}) == "5.7 points"
+
+
+def test_known_hour_risk_is_exact():
+    # The calibration map lifts a raw share of 0 above 0; the observed hour must not get that.
+    model = PathModel(risk_knots=((0.0, 0.5, 1.0), (0.01, 0.4, 0.9)))
+    forecast = lognormal_forecast(24, 0.03, 0.05)
+    _, hourly = exceedance_probability(forecast, 0.0315, END, 24, model)
+    assert hourly[0] == 0.0
+    assert hourly[1] < hourly[-1]
+    probability, hourly = exceedance_probability(forecast, 0.029, END, 24, model)
+    assert probability == 1.0
+    assert hourly[0] == 1.0
+
+
+def test_risk_below_last_price_skips_the_map():
+    # The map was fitted on rises; a threshold under the price gets the share of paths itself.
+    model = PathModel(risk_knots=((0.0, 1.0), (0.0, 0.8)))
+    forecast = make_forecast(np.full((24, len(LEVELS)), 0.03))
+    later = END + pd.Timedelta(hours=2)
+    probability, hourly = exceedance_probability(forecast, 0.025, later, 4, model)
+    assert probability == 1.0
+    assert np.all(hourly == 1.0)
+
+
+def test_hourly_risk_never_exceeds_window():
+    model = PathModel(risk_knots=((0.0, 1.0), (0.0, 0.5)))
+    forecast = lognormal_forecast(24, 0.03, 0.1)
+    probability, hourly = exceedance_probability(forecast, 0.033, END, 24, model)
+    assert probability < 1.0
+    assert hourly.max() <= probability

@@ -458,3 +458,35 @@ def test_killed_worker_is_replaced(served):
     assert len(replacement) == 1
     assert killed not in replacement
     assert [forecast_status(served.url) for _ in range(10)] == [200] * 10
+
+
+def test_rejected_request_logged_without_traceback(client, caplog):
+    import logging
+
+    from spot_forecast.http_limits import BENTOML_HTTP_LOGGER
+
+    with caplog.at_level(logging.INFO, logger=BENTOML_HTTP_LOGGER):
+        response = client.post("/forecast", json={"series_id": 5, "horizon": "soon"})
+    assert response.status_code == 400
+    records = [r for r in caplog.records if r.name == BENTOML_HTTP_LOGGER]
+    assert records
+    assert all(r.levelno < logging.ERROR for r in records)
+    assert all(r.exc_info is None for r in records)
+    assert "/forecast [POST] rejected with 400" in records[-1].getMessage()
+
+
+def test_server_error_still_logged_with_traceback():
+    import logging
+
+    from spot_forecast.http_limits import ClientErrorLogFilter
+
+    try:
+        raise RuntimeError("network output is not finite")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "Exception on %s [%s]",
+                                   ("/forecast", "POST"), sys.exc_info())
+    assert ClientErrorLogFilter().filter(record)
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None

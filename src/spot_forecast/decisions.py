@@ -382,21 +382,30 @@ def exceedance_probability(
 
     The window runs ``hours`` from ``start``; every grid hour it overlaps counts, the hour of the
     last observation included. Returns the probability over the whole window and the probability
-    of each overlapped grid point on its own (same order as the grid), both passed through the
-    model's calibration map.
+    of each overlapped grid point on its own (same order as the grid).
+
+    The window probability passes through the model's calibration map, which was fitted on
+    thresholds above the last price. For a threshold at or below it, the share of paths is
+    returned as it is. The hourly probabilities are the shares of paths above the threshold at
+    each hour, which follow the hourly quantile forecast, capped at the window probability. The
+    hour of the last observation is known, so its probability is 1 or 0.
     """
     weights = job_weights(hour_offset(forecast, start), hours, len(forecast.ds) + 1)
     inside = weights > 0
     paths = sample_paths(forecast, model)[:, inside]
     above = paths > threshold
-    hourly = model.risk_probability(above.mean(axis=0))
-    window = model.risk_probability(above.any(axis=1).mean())
+    hourly = above.mean(axis=0)
+    window = float(above.any(axis=1).mean())
+    if threshold > forecast.last_y:
+        window = float(model.risk_probability(window))
 
-    # The last observed price is known, so an exceedance in its hour is certain, not calibrated.
-    if inside[0] and forecast.last_y > threshold:
-        hourly[0] = 1.0
-        window = 1.0
-    return float(window), hourly
+    if inside[0]:
+        known = 1.0 if forecast.last_y > threshold else 0.0
+        hourly[0] = known
+        if known:
+            window = 1.0
+    # An exceedance in one hour is an exceedance in the window, so no hour may be more likely.
+    return window, np.minimum(hourly, window)
 
 
 def exceedance_from_paths(paths: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
