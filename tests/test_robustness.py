@@ -309,6 +309,16 @@ def send_in_background(connection: socket.socket, chunks) -> threading.Thread:
     return thread
 
 
+def send_raw(port: int, parts: list[bytes]) -> tuple[bytes, float]:
+    """Send ``parts`` on a raw connection; return the response and the seconds until it came."""
+    with socket.create_connection((HOST, port), timeout=10) as connection:
+        started = time.monotonic()
+        sender = send_in_background(connection, parts)
+        response, elapsed = read_response(connection, started)
+        sender.join(timeout=30)
+    return response, elapsed
+
+
 def test_oversized_body_gets_413_fast(served):
     # A 50 MB array of numbers, declared with Content-Length and sent at full speed.
     size = 50_000_000
@@ -318,11 +328,7 @@ def test_oversized_body_gets_413_fast(served):
     block = b"0.031, " * (1_000_000 // 7)
     body = [b'{"history": ['] + [block] * (size // len(block))
     body.append(b"0" * (size - sum(len(part) for part in body)))
-    with socket.create_connection((HOST, port), timeout=10) as connection:
-        started = time.monotonic()
-        sender = send_in_background(connection, [head, *body])
-        response, elapsed = read_response(connection, started)
-        sender.join(timeout=30)
+    response, elapsed = send_raw(port, [head, *body])
     assert response.startswith(b"HTTP/1.1 413"), response[:300]
     assert elapsed < 1.0
     assert b"the limit is 5000000 bytes" in response
@@ -335,11 +341,7 @@ def test_chunked_body_gets_413_fast(served):
             "transfer-encoding: chunked\r\n\r\n").encode()
     block = b"0.031, " * (1_000_000 // 7)
     chunk = f"{len(block):x}\r\n".encode() + block + b"\r\n"
-    with socket.create_connection((HOST, port), timeout=10) as connection:
-        started = time.monotonic()
-        sender = send_in_background(connection, [head] + [chunk] * 50)
-        response, elapsed = read_response(connection, started)
-        sender.join(timeout=30)
+    response, elapsed = send_raw(port, [head] + [chunk] * 50)
     assert response.startswith(b"HTTP/1.1 413"), response[:300]
     assert elapsed < 1.0
     assert b"the limit is 5000000 bytes" in response

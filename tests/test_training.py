@@ -10,33 +10,13 @@ from spot_forecast.config import Settings
 from spot_forecast.grid import to_panel
 from spot_forecast.model import SNAP_ALL, fit_median_threshold, fit_spread_scale
 from spot_forecast.training import fit_forecaster, split_windows, truncate_panel
+from synthetic import START, synthetic_events
 
-START = pd.Timestamp("2024-04-01T00:00Z")
 TINY = dict(
     lookback=24, horizon=12, epochs=1, lstm_units=2, hidden_units=4, recurrent_hours=8,
     max_train_windows=256, batch_size=64, validation_days=3, calibration_days=3,
     calibration_every=6, products=("Linux/UNIX",), tf_threads=2, seed=11,
 )
-
-
-def synthetic_events(days: int = 20, seed: int = 0) -> pd.DataFrame:
-    """Hourly events of four series whose prices change by about 1 % in a third of the hours."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for zone in ("us-east-1a", "us-east-1b"):
-        for instance_type in ("m5.large", "c5.xlarge"):
-            hours = days * 24
-            steps = (rng.random(hours) < 0.3) * rng.normal(0.002, 0.01, hours)
-            frames.append(pd.DataFrame({
-                "unique_id": f"{zone}/{instance_type}/Linux/UNIX",
-                "ds": pd.date_range(START, periods=hours, freq="1h"),
-                "y": 0.05 * np.exp(np.cumsum(steps)),
-                "availability_zone": zone,
-                "instance_type": instance_type,
-                "product_description": "Linux/UNIX",
-                "region": "us-east-1",
-            }))
-    return pd.concat(frames, ignore_index=True)
 
 
 def shrink_cost(medians, raw_targets, last, scale, threshold):

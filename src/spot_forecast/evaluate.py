@@ -793,17 +793,10 @@ def plot_error_by_horizon(results: dict[str, Any], path: Path) -> Path:
         axis.plot(steps, values, label=MODEL_LABELS[name], marker=marker, markersize=3,
                   linewidth=2.0 if name == "lstm" else 1.2)
     axis.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-    axis.set_xscale("log")
-    axis.set_xticks(list(REPORTED_HORIZONS), [str(h) for h in REPORTED_HORIZONS])
-    axis.set_xlabel("horizon (hours, log scale)")
     axis.set_ylabel("MAE / last-value MAE")
     axis.set_ylim(0.4, 2.0)
     axis.set_title("Forecast error relative to the last value")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save_horizon_chart(figure, axis, path)
 
 
 def plot_coverage_by_horizon(results: dict[str, Any], path: Path) -> Path:
@@ -822,11 +815,18 @@ def plot_coverage_by_horizon(results: dict[str, Any], path: Path) -> Path:
         axis.plot(steps, [100 * v for v in values if v is not None], label=MODEL_LABELS[name])
     axis.axhspan(100 * TARGET_COVERAGE[0], 100 * TARGET_COVERAGE[1], color="grey", alpha=0.2,
                  label="78-82 % target")
+    axis.set_ylabel("actuals inside the 80 % interval (%)")
+    axis.set_title("Coverage of the 80 % interval")
+    return _save_horizon_chart(figure, axis, path)
+
+
+def _save_horizon_chart(figure, axis, path: Path) -> Path:
+    """Put the horizon on a log axis at the reported horizons, add the legend and save."""
+    import matplotlib.pyplot as plt
+
     axis.set_xscale("log")
     axis.set_xticks(list(REPORTED_HORIZONS), [str(h) for h in REPORTED_HORIZONS])
     axis.set_xlabel("horizon (hours, log scale)")
-    axis.set_ylabel("actuals inside the 80 % interval (%)")
-    axis.set_title("Coverage of the 80 % interval")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
