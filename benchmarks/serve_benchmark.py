@@ -56,7 +56,8 @@ class LoadResult:
 
 
 def start_service(port: int, extra_env: dict[str, str]) -> subprocess.Popen:
-    # As `make run` and the Bento do: no per-request tracing spans unless the caller asks.
+    # Serve as `make run` and the Bento do: no per-request tracing spans unless the caller's
+    # environment sets OTEL_SDK_DISABLED itself.
     env = {"OTEL_SDK_DISABLED": "true", **os.environ, **extra_env}
     process = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "service:SpotForecast", "--host", HOST,

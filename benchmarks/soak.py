@@ -74,7 +74,8 @@ def free_port() -> int:
 
 def start_service(port: int, log_path: Path) -> subprocess.Popen:
     """Start ``bentoml serve`` with this interpreter; its output goes to ``log_path``."""
-    # As `make run` and the Bento do: no per-request tracing spans unless the caller asks.
+    # Serve as `make run` and the Bento do: no per-request tracing spans unless the caller's
+    # environment sets OTEL_SDK_DISABLED itself.
     env = {"OTEL_SDK_DISABLED": "true", **os.environ}
     with log_path.open("wb") as log:
         return subprocess.Popen(

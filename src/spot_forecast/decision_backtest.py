@@ -162,8 +162,8 @@ def pool_of(instance_type: str) -> str:
     """The pool of instance types a flexible job can swap between, such as ``m.large x86_64``.
 
     A pool contains the types of one family class (the letters before the generation: m, c, r, t,
-    ...), one size and one CPU architecture, as an EC2 Fleet with instance-type flexibility
-    would list them: m5.large, m5a.large and m6i.large share a pool, m6g.large (Graviton) does
+    ...), one size and one CPU architecture, as an EC2 Fleet with instance-type flexibility would
+    list them. So m5.large, m5a.large and m6i.large share a pool, and m6g.large (Graviton) does
     not. Types that do not parse form a pool of their own.
     """
     family, _, size = instance_type.partition(".")
@@ -659,10 +659,10 @@ def format_target(name: str, row: dict[str, Any]) -> str:
         return "n/a" + (f" ({row['choices_differ']} differing decisions)"
                         if "choices_differ" in row else "")
     if "coverage" in name or "beats" in name:
-        shown = format_percent(value)
+        text = format_percent(value)
         if "choices_differ" in row:
-            shown += f" of {row['choices_differ']}"
-        return shown
+            text += f" of {row['choices_differ']}"
+        return text
     if "extra cost" in name:
         return f"{value:.3f} %"
     return f"{value:.1f} points"
