@@ -314,9 +314,9 @@ def test_margin_fit_never_switches_without_skill():
                            levels, values, actual) for i in range(30)]
     config = DecisionConfig(n_paths=50, job_hours=(4,), window_job_hours=(4,),
                             placement_hours=(24, 72), risk_hours=(24,), rho_grid=(0.99,))
-    model, fitting = fit_path_model(batches, config)
+    model, fitting, _ = fit_path_model(batches, config)
     assert model.rank_min_saving_percent == NEVER_SWITCH
-    placement = fitting["margins"][0]["placement"]
+    placement = fitting["margins"][0]["other_series"]
     assert placement["choices_differ"] > 0
     assert placement["wins"] == 0
 
@@ -361,3 +361,39 @@ def test_hourly_risk_never_exceeds_window():
     probability, hourly = exceedance_probability(forecast, 0.033, END, 24, model)
     assert probability < 1.0
     assert hourly.max() <= probability
+
+
+def test_margins_fitted_apart_for_later_starts_and_other_series():
+    """Waiting for a forecast drop pays here, moving to another zone does not."""
+    from spot_forecast.decision_backtest import (
+        NEVER_SWITCH, DecisionConfig, Margins, OriginBatch, Tally, fit_path_model,
+        replay_choices,
+    )
+
+    ids = ["z-1a/t.small/Linux/UNIX", "z-1b/t.small/Linux/UNIX"]
+    horizon = 72
+    spread = np.exp(np.linspace(-0.01, 0.01, len(LEVELS)))
+    # Zone a is cheaper now and falls after 6 hours, as forecast. Zone b is forecast to fall
+    # further but stays where it is.
+    expected_a = np.where(np.arange(1, horizon + 1) > 6, 0.020, 0.030)
+    expected_b = np.where(np.arange(1, horizon + 1) > 2, 0.010, 0.031)
+    values = np.stack([expected_a[:, None] * spread, expected_b[:, None] * spread])
+    actual = np.vstack([np.concatenate([[0.030], expected_a]), np.full(horizon + 1, 0.031)])
+    batches = [OriginBatch(pd.Timestamp("2022-02-01T00:00Z") + pd.Timedelta(hours=8 * i), ids,
+                           LEVELS, values, actual) for i in range(30)]
+    config = DecisionConfig(n_paths=50, job_hours=(4,), window_job_hours=(4,),
+                            placement_hours=(24,), risk_hours=(24,), rho_grid=(0.99,))
+    model, fitting, _ = fit_path_model(batches, config)
+    assert model.min_saving_percent == 0.0
+    assert model.rank_min_saving_percent == NEVER_SWITCH
+    assert fitting["margins"][0]["later_start"]["wins"] == 30
+    assert fitting["margins"][0]["other_series"]["wins"] == 0
+
+    tallies = {"window_4h": Tally(), "placement_zones_24h": Tally(), "placement_24h": Tally()}
+    replay_choices(batches[0], config, tallies,
+                   Margins(model.min_saving_percent, model.rank_min_saving_percent))
+    window = tallies["window_4h"].summary()
+    assert window["choices_differ"] == 1 and window["wins"] == 1
+    # With one margin for both moves, the forecast's favourite (zone b) would have lost.
+    replay_choices(batches[0], config, tallies, Margins(0.0, 0.0))
+    assert tallies["window_4h"].summary()["losses"] == 1

@@ -356,6 +356,38 @@ def test_rank_default_margin_reported(client):
     assert body["recommended"]["unique_id"] in {p["unique_id"] for p in body["ranked"]}
     window = client.post("/cheapest_window", json=WINDOW_BODY).json()
     assert window["min_saving_percent"] == fitted.min_saving_percent
+    assert window["other_series_min_saving_percent"] == fitted.rank_min_saving_percent
+
+
+def _window(rank: int, unique_id: str, hours_after: int, saving_percent: float):
+    from spot_forecast.decision_schemas import CostPercentiles, WindowOption
+
+    start = datetime(2022, 3, 13, 16) + timedelta(hours=hours_after)
+    cost = CostPercentiles(expected=1.0, p10=1.0, p50=1.0, p90=1.0)
+    return WindowOption(rank=rank, unique_id=unique_id, start=start,
+                        end=start + timedelta(hours=4), cost=cost, saving=saving_percent / 100,
+                        saving_percent=saving_percent)
+
+
+@pytest.mark.parametrize("later_start, other_series, expected", [
+    (0.1, 100.0, "later start"),   # another zone must save 100 %: wait on the baseline's zone
+    (0.1, 0.5, "other zone"),      # both clear their margin: the lowest expected cost
+    (1.0, 100.0, "baseline"),      # neither clears its margin
+    (1.0, 0.5, "other zone"),
+])
+def test_window_moves_have_their_own_margins(later_start, other_series, expected):
+    import pandas as pd
+
+    from spot_forecast.planning import recommend_window
+
+    ranked = [_window(1, "eu-west-1b/m5.large/Linux/UNIX", 0, 0.8),
+              _window(2, "eu-west-1a/m5.large/Linux/UNIX", 6, 0.3),
+              _window(3, "eu-west-1a/m5.large/Linux/UNIX", 0, 0.0)]
+    names = {id(ranked[0]): "other zone", id(ranked[1]): "later start", id(ranked[2]): "baseline"}
+    chosen = recommend_window(ranked, "eu-west-1a/m5.large/Linux/UNIX",
+                              pd.Timestamp("2022-03-13T16:00"), later_start=later_start,
+                              other_series=other_series)
+    assert names[id(chosen)] == expected
 
 
 def test_negative_margin_rejected(client):

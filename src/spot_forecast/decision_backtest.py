@@ -22,6 +22,9 @@ First, ``fit_path_model`` fits the sample-path settings on origins in the days j
 cut-off: the copula correlation ``rho``, the path levels reported as cost percentiles, the risk
 calibration map and the saving margin of recommendations. Those days are out of sample for the
 network, whose training windows end earlier, and the evaluation period informs none of the fit.
+Then, at each evaluation origin, the cost levels and the risk map are refitted on the two weeks
+before it whose outcomes are known (``recalibrated``), as ``spot-forecast calibrate`` does for
+a served model; ``DecisionConfig.recalibrate`` turns that off.
 
 Results go to ``decisions.json`` and ``decisions.md`` (default folder ``docs/``).
 """
@@ -35,7 +38,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +88,10 @@ class DecisionConfig:
     #: A saving margin is judged only with at least this many calibration decisions that
     #: differ from "cheapest right now".
     min_differing: int = 20
+    #: Refit the cost levels and the risk map at every evaluation origin on the trailing
+    #: ``calibration_days`` whose outcomes are known by then, as ``spot-forecast calibrate`` does
+    #: when run daily. Without it, the fit before the cut-off serves the whole period.
+    recalibrate: bool = True
 
     @property
     def horizon(self) -> int:
@@ -238,12 +245,13 @@ def replay_paths(batch: OriginBatch, model: PathModel, config: DecisionConfig,
                  rng: np.random.Generator, chunk: int = 64) -> dict[str, np.ndarray]:
     """Job-cost PIT values, intervals and raw risk frequencies of one batch, with what happened.
 
-    Returns ``job`` rows ``(hours, pit, low, high, actual)``. ``pit`` is the randomized
-    probability integral transform of the actual cost under the path costs. Ties are spread
-    uniformly, so a calibrated forecast gives uniform values even with point masses. ``low`` and
-    ``high`` are the path costs at the levels ``model.levels_for(hours)`` reports as the 10th and
-    90th percentiles. ``risk`` rows
-    are ``(hours, rise_percent, frequency, event)`` with the raw share of paths that exceed.
+    Returns ``job`` rows ``(hours, pit, low, high, actual, low_level, high_level)``. ``pit`` is
+    the randomized probability integral transform of the actual cost under the path costs. Ties
+    are spread uniformly, so a calibrated forecast gives uniform values even with point masses.
+    ``low`` and ``high`` are the path costs at the levels ``model.levels_for(hours)`` reports as
+    the 10th and 90th percentiles, ``low_level`` and ``high_level``. ``risk`` rows are
+    ``(hours, rise_percent, frequency, event)`` with the raw share of paths that exceed. Only
+    ``low`` and ``high`` depend on the model's calibration; the rest depends on the paths alone.
     """
     jobs, risks = [], []
     for first in range(0, len(batch.unique_ids), chunk):
@@ -258,7 +266,9 @@ def replay_paths(batch: OriginBatch, model: PathModel, config: DecisionConfig,
             pit = below + rng.random(len(rows)) * (at_or_below - below)
             low_level, _, high_level = model.levels_for(hours)
             low, high = np.quantile(costs, [low_level, high_level], axis=1)
-            jobs.append(np.stack([np.full(len(rows), hours), pit, low, high, actual], axis=1))
+            jobs.append(np.stack([np.full(len(rows), hours), pit, low, high, actual,
+                                  np.full(len(rows), low_level), np.full(len(rows), high_level)],
+                                 axis=1))
         for hours in config.risk_hours:
             peaks = paths[:, :, :hours].max(axis=2)
             actual_peak = batch.actual[rows, :hours].max(axis=1)
@@ -293,12 +303,13 @@ def replay_choices(batch: OriginBatch, config: DecisionConfig,
                    tallies: dict[str, Tally], margins: Margins) -> None:
     """Replay cheapest-window and placement choices of one batch into ``tallies``.
 
-    Expected costs come from the marginal means, as in the API, so they need no paths. The
-    forecast's choice replaces "cheapest right now" only when its expected saving is at least
-    the kind's margin (percent of the baseline's expected cost), as the API's recommendation
-    does: ``margins.window`` for ``/cheapest_window``, ``margins.placement`` for ``/rank``.
+    Expected costs come from the marginal means, as in the API, so they need no paths. As the
+    API's recommendations do, the forecast's choice replaces "cheapest right now" only for an
+    expected saving of at least a margin (percent of the baseline's expected cost):
+    ``margins.later_start`` to start later on the series cheapest now, ``margins.other_series``
+    to run on another series (another zone in ``/cheapest_window``, another candidate in
+    ``/rank``). The choice is the lowest expected cost among the options that clear their margin.
     """
-    margin = margins.window / 100.0
     means = np.concatenate(
         [batch.last[:, None], mean_prices(batch.values, batch.levels)], axis=1
     )
@@ -314,21 +325,27 @@ def replay_choices(batch: OriginBatch, config: DecisionConfig,
             starts = np.arange(0, config.window_deadline_hours - hours + 1)
             expected = expected_sums[rows][:, starts + hours] - expected_sums[rows][:, starts]
             actual = actual_sums[rows][:, starts + hours] - actual_sums[rows][:, starts]
+            saving = 100.0 * (1.0 - expected / expected[cheapest_now, 0])
+            other = np.arange(len(rows))[:, None] != cheapest_now
+            allowed = np.where(other, saving >= margins.other_series,
+                               saving >= margins.later_start)
+            allowed[cheapest_now, 0] = True
             # Ties go to the earlier start, then to the zone cheapest now, as in the API.
             order = np.lexsort((np.broadcast_to(last[:, None], expected.shape).ravel(),
                                 np.broadcast_to(starts[None, :], expected.shape).ravel(),
                                 expected.ravel()))
-            zone, start = np.unravel_index(order[0], expected.shape)
-            if expected[zone, start] > expected[cheapest_now, 0] * (1 - margin):
-                zone, start = cheapest_now, 0
+            first = order[allowed.ravel()[order]][0]
+            zone, start = np.unravel_index(first, expected.shape)
             tallies[f"window_{hours}h"].add(
                 chosen=float(actual[zone, start]), baseline=float(actual[cheapest_now, 0]),
                 best=float(actual.min()), differ=(zone, start) != (cheapest_now, 0),
             )
 
     # Placement over the zones of one instance type, and over every type and zone of a pool.
-    margin = margins.placement / 100.0
+    margin = margins.other_series / 100.0
     for kind, groups in (("placement_zones", zone_groups), ("placement", pool_groups)):
+        if f"{kind}_{config.placement_hours[0]}h" not in tallies:
+            continue  # a margin fit that judges start windows alone
         for rows in groups(batch.unique_ids):
             if len(rows) < 2:
                 continue
@@ -355,7 +372,7 @@ def decision_kinds(config: DecisionConfig) -> list[tuple[str, tuple[int, ...]]]:
 # Summaries ------------------------------------------------------------------------------------
 
 
-def job_summary(table: np.ndarray, model: PathModel) -> dict[str, Any]:
+def job_summary(table: np.ndarray) -> dict[str, Any]:
     """Coverage of the job-cost interval, overall and by job length.
 
     ``coverage_80`` counts a job as covered when its actual cost lies within the reported 10th
@@ -366,12 +383,9 @@ def job_summary(table: np.ndarray, model: PathModel) -> dict[str, Any]:
     """
     if len(table) == 0:
         return {"jobs": 0}
-    hours, pit, low, high, actual = table.T
+    hours, pit, low, high, actual, low_level, high_level = table.T
     tolerance = COST_TOLERANCE * np.maximum(actual, 1.0)
     covered = (low <= actual + tolerance) & (actual <= high + tolerance)
-    bounds = {value: model.levels_for(value) for value in np.unique(hours)}
-    low_level = np.array([bounds[value][0] for value in hours])
-    high_level = np.array([bounds[value][2] for value in hours])
     pit_covered = (pit >= low_level) & (pit <= high_level)
     by_hours = {}
     for value in np.unique(hours):
@@ -461,30 +475,57 @@ def replay(
         b for b in (forecast_origin(panel, unique_ids, t, horizon, forecaster) for t in calibration)
         if b is not None
     ]
-    model, fitting = fit_path_model(calibration_batches, config)
+    model, fitting, calibration_records = fit_path_model(calibration_batches, config)
+    # Records of every origin whose outcome a refit may read; only their PIT values and raw risk
+    # frequencies are used, which depend on the paths and not on the calibration.
+    known = {b.origin: r for b, r in zip(calibration_batches, calibration_records)}
+    refit_only: list[pd.Timestamp] = []
+    if config.recalibrate and evaluation:
+        refit_only = [t for t in origins_between(config.cutoff, evaluation[-1] - horizon * step,
+                                                 config.calibration_every_hours)
+                      if t not in set(evaluation)]
 
     rng = np.random.default_rng(config.seed)
-    jobs, risks = [], []
+    jobs, risks, probabilities, fixed_probabilities, refits = [], [], [], [], []
     tallies = {f"{kind}_{h}h{suffix}": Tally()
                for kind, hours in decision_kinds(config)
                for h in hours for suffix in ("", "_no_margin")}
     series_seen: set[str] = set()
-    for done, origin in enumerate(evaluation, start=1):
+    evaluated = 0
+    for origin in sorted({*evaluation, *refit_only}):
         batch = forecast_origin(panel, unique_ids, origin, horizon, forecaster)
         if batch is None:
             continue
+        if origin in refit_only:
+            known[origin] = replay_paths(batch, model, config, rng)
+            continue
+        current = model
+        if config.recalibrate:
+            trailing = trailing_origins(origin, list(known), config)
+            current = recalibrated(model, [known[t] for t in trailing], config)
+            refits.append(len(trailing))
         series_seen.update(batch.unique_ids)
-        records = replay_paths(batch, model, config, rng)
+        records = replay_paths(batch, current, config, rng)
+        known[origin] = records
         jobs.append(records["job"])
         risks.append(records["risk"])
+        probabilities.append(current.risk_probability(records["risk"][:, 2]))
+        fixed_probabilities.append(model.risk_probability(records["risk"][:, 2]))
         replay_choices(batch, config, tallies,
                        Margins(model.min_saving_percent, model.rank_min_saving_percent))
         raw = {k.removesuffix("_no_margin"): t for k, t in tallies.items() if k.endswith("_no_margin")}
         replay_choices(batch, config, raw, Margins(0.0, 0.0))
-        logger.info("origin %s done (%d of %d)", origin.isoformat(), done, len(evaluation))
+        evaluated += 1
+        logger.info("origin %s done (%d of %d)", origin.isoformat(), evaluated, len(evaluation))
 
     job_table, risk_table = np.concatenate(jobs), np.concatenate(risks)
-    calibrated = model.risk_probability(risk_table[:, 2])
+    fitting["recalibration"] = {
+        "enabled": config.recalibrate,
+        "trailing_days": config.calibration_days,
+        "origins_every_hours": config.calibration_every_hours,
+        "refits": len(refits),
+        "origins_per_refit": [min(refits), max(refits)] if refits else None,
+    }
     results = {
         "setup": {
             "cutoff": config.cutoff.isoformat(),
@@ -497,10 +538,13 @@ def replay(
         },
         "sample_paths": {**path_model_metadata(model), "method": model.describe(),
                          "fitting": fitting},
-        "job_cost": job_summary(job_table, model),
+        "job_cost": job_summary(job_table),
         "cheapest_window": {k: t.summary() for k, t in tallies.items() if k.startswith("window")},
         "placement": {k: t.summary() for k, t in tallies.items() if k.startswith("placement")},
-        "price_risk": risk_summary(risk_table, calibrated, config.min_decile_decisions),
+        "price_risk": risk_summary(risk_table, np.concatenate(probabilities),
+                                   config.min_decile_decisions),
+        "price_risk_fixed_map": risk_summary(risk_table, np.concatenate(fixed_probabilities),
+                                             config.min_decile_decisions),
         "price_risk_uncalibrated": risk_summary(risk_table, risk_table[:, 2],
                                                 config.min_decile_decisions),
         "seconds": time.perf_counter() - started,
@@ -523,27 +567,29 @@ def path_model_metadata(model: PathModel) -> dict[str, Any]:
 
 
 def fit_path_model(batches: Sequence[OriginBatch], config: DecisionConfig
-                   ) -> tuple[PathModel, dict[str, Any]]:
-    """Fit ``rho``, the cost levels, the risk map and the saving margin on calibration batches.
+                   ) -> tuple[PathModel, dict[str, Any], list[dict[str, np.ndarray]]]:
+    """Fit ``rho``, the cost levels, the risk map and the saving margins on calibration batches.
 
     * ``rho``: the value of ``config.rho_grid`` with the lowest Brier score of the raw risk
       frequencies. Job-cost intervals barely depend on it, because most hours repeat the last
       price.
-    * Cost levels, for each job length: the 10th, 50th and 90th percentiles of the randomized PIT
-      values of job costs, so that reading the path costs at those levels covers as the nominal
-      ones should.
-    * Risk map: isotonic regression of exceedance events on path frequencies.
-    * Saving margins, one for windows and one for placements: the smallest of ``MARGIN_GRID``
-      whose choices beat "cheapest right now" in at least 60 % of the calibration decisions where
-      they differ, judged by the one-sided 95 % lower bound of that rate, with at least
-      ``config.min_differing`` such decisions. The bound keeps the choice from resting on a rate that
-      clears 60 % by chance. When no margin qualifies, ``NEVER_SWITCH``.
-    """
-    from sklearn.isotonic import IsotonicRegression
+    * Cost levels and risk map: ``fit_outcome_maps``.
+    * Saving margins, one per move (``MOVES``): starting later on the series cheapest now, judged
+      on start windows, and running on another series, judged on start windows and placements.
+      Each is the smallest of ``MARGIN_GRID`` whose choices beat "cheapest right now" in at
+      least 60 % of the calibration decisions where they differ, judged by the one-sided 95 %
+      lower bound of that rate, with at least ``config.min_differing`` such decisions. The
+      bound keeps the choice from resting on a rate that clears 60 % by chance. When no margin
+      qualifies, ``NEVER_SWITCH``. The moves are fitted apart because the network forecasts
+      each series alone: it may know when one price falls and still not know when one zone
+      overtakes another.
 
+    Returns the model, a summary of the fit for the report and the ``replay_paths`` records of
+    each batch under the chosen ``rho``.
+    """
     rng = np.random.default_rng(config.seed)
     table = []
-    best: tuple[float, float, dict[str, np.ndarray]] | None = None
+    best: tuple[float, float, list[dict[str, np.ndarray]]] | None = None
     for rho in config.rho_grid:
         model = PathModel(rho=rho, n_paths=config.n_paths, seed=config.seed)
         records = [replay_paths(batch, model, config, rng) for batch in batches]
@@ -557,53 +603,101 @@ def fit_path_model(batches: Sequence[OriginBatch], config: DecisionConfig
                                                               "max_gap_points"]})
         logger.info("calibration: rho %g gives Brier %.5f", rho, brier)
         if best is None or brier < best[1]:
-            best = (rho, brier, {"job": jobs, "risk": risks})
+            best = (rho, brier, records)
     assert best is not None
     rho, _, records = best
+    cost_levels, knots = fit_outcome_maps(records, config)
 
-    jobs = records["job"]
+    margins = []
+    for margin in MARGIN_GRID:
+        row: dict[str, Any] = {"min_saving_percent": margin}
+        # Each move is judged with the other one ruled out: later starts on start windows,
+        # other series on start windows and placements.
+        for move, kinds in ((MOVES[0], ("window_",)), (MOVES[1], ("window_", "placement"))):
+            tallies = {f"{kind}_{h}h": Tally() for kind, hours in decision_kinds(config)
+                       for h in hours if f"{kind}_".startswith(kinds)}
+            for batch in batches:
+                replay_choices(batch, config, tallies, Margins(**{
+                    m: (margin if m == move else NEVER_SWITCH) for m in MOVES}))
+            summaries = [t.summary() for t in tallies.values()]
+            wins = sum(x["wins"] for x in summaries)
+            differ = sum(x["choices_differ"] for x in summaries)
+            row[move] = {"choices_differ": differ, "wins": wins, "win_rate": ratio(wins, differ),
+                         "win_rate_lower_bound": wilson_lower_bound(wins, differ)}
+        margins.append(row)
+    chosen = {move: next((m["min_saving_percent"] for m in margins
+                          if m[move]["choices_differ"] >= config.min_differing
+                          and m[move]["win_rate_lower_bound"] >= MIN_WIN_RATE), NEVER_SWITCH)
+              for move in MOVES}
+
+    model = PathModel(rho=rho, n_paths=config.n_paths, seed=config.seed,
+                      cost_levels=cost_levels, risk_knots=knots,
+                      min_saving_percent=chosen["later_start"],
+                      rank_min_saving_percent=chosen["other_series"])
+    return model, {"rho_grid": table, "margins": margins}, records
+
+
+def fit_outcome_maps(records: Sequence[dict[str, np.ndarray]], config: DecisionConfig
+                     ) -> tuple[tuple[tuple[float, float, float, float], ...],
+                                tuple[tuple[float, ...], tuple[float, ...]]]:
+    """Fit the cost levels and the risk map on ``replay_paths`` records of known outcomes.
+
+    * Cost levels, for each job length: the 10th, 50th and 90th percentiles of the randomized PIT
+      values of job costs, so that reading the path costs at those levels covers as the nominal
+      ones should.
+    * Risk map: isotonic regression of exceedance events on path frequencies.
+
+    Both describe how outcomes fall against the paths, which drifts with the market, so
+    ``recalibrated`` refits them on recent days. The records must come from paths with one
+    ``rho``.
+    """
+    from sklearn.isotonic import IsotonicRegression
+
+    jobs = np.concatenate([r["job"] for r in records])
+    risks = np.concatenate([r["risk"] for r in records])
     cost_levels = tuple(
         (float(hours), *(float(x) for x in np.quantile(jobs[jobs[:, 0] == hours, 1],
                                                        [0.1, 0.5, 0.9])))
         for hours in config.job_hours
     )
     isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-    isotonic.fit(records["risk"][:, 2], records["risk"][:, 3])
+    isotonic.fit(risks[:, 2], risks[:, 3])
     knots = (tuple(float(x) for x in isotonic.X_thresholds_),
              tuple(float(y) for y in isotonic.y_thresholds_))
+    return cost_levels, knots
 
-    margins = []
-    for margin in MARGIN_GRID:
-        tallies = {f"{kind}_{h}h": Tally()
-                   for kind, hours in decision_kinds(config) for h in hours}
-        for batch in batches:
-            replay_choices(batch, config, tallies, Margins(margin, margin))
-        row: dict[str, Any] = {"min_saving_percent": margin}
-        for kind, prefixes in (("window", ("window_",)), ("placement", ("placement",))):
-            summaries = [t.summary() for name, t in tallies.items() if name.startswith(prefixes)]
-            wins = sum(x["wins"] for x in summaries)
-            differ = sum(x["choices_differ"] for x in summaries)
-            row[kind] = {"choices_differ": differ, "wins": wins, "win_rate": ratio(wins, differ),
-                         "win_rate_lower_bound": wilson_lower_bound(wins, differ)}
-        margins.append(row)
-    chosen = {kind: next((m["min_saving_percent"] for m in margins
-                          if m[kind]["choices_differ"] >= config.min_differing
-                          and m[kind]["win_rate_lower_bound"] >= MIN_WIN_RATE), NEVER_SWITCH)
-              for kind in ("window", "placement")}
 
-    model = PathModel(rho=rho, n_paths=config.n_paths, seed=config.seed,
-                      cost_levels=cost_levels, risk_knots=knots,
-                      min_saving_percent=chosen["window"],
-                      rank_min_saving_percent=chosen["placement"])
-    return model, {"rho_grid": table, "margins": margins}
+def recalibrated(model: PathModel, records: Sequence[dict[str, np.ndarray]],
+                 config: DecisionConfig) -> PathModel:
+    """``model`` with its cost levels and risk map refitted on ``records``.
+
+    ``rho``, the path count and the saving margins stay: the records were drawn with that
+    ``rho``, and a margin needs more differing decisions than a few days give.
+    """
+    cost_levels, knots = fit_outcome_maps(records, config)
+    return replace(model, cost_levels=cost_levels, risk_knots=knots)
+
+
+def trailing_origins(origin: pd.Timestamp, known: Sequence[pd.Timestamp],
+                     config: DecisionConfig) -> list[pd.Timestamp]:
+    """Origins of ``known`` in the ``calibration_days`` before ``origin`` whose outcomes are known.
+
+    An origin's outcome is known once its whole horizon has passed, so a refit at ``origin``
+    never reads a price after ``origin``.
+    """
+    earliest = origin - pd.Timedelta(days=config.calibration_days)
+    horizon = pd.Timedelta(hours=config.horizon)
+    return sorted(t for t in known if earliest <= t and t + horizon <= origin)
 
 
 @dataclass(frozen=True)
 class Margins:
-    """Expected saving, in percent, that makes a choice leave "cheapest right now", by kind."""
+    """Expected saving, in percent, that makes a choice leave "cheapest right now", by move."""
 
-    window: float
-    placement: float
+    #: Start later on the series cheapest now (``PathModel.min_saving_percent``).
+    later_start: float
+    #: Run on another series (``PathModel.rank_min_saving_percent``).
+    other_series: float
 
 
 def wilson_lower_bound(successes: int, trials: int, z: float = 1.645) -> float:
@@ -616,6 +710,8 @@ def wilson_lower_bound(successes: int, trials: int, z: float = 1.645) -> float:
     return float((centre - spread) / (1 + z * z / trials))
 
 
+#: The two moves away from "cheapest right now" whose margins are fitted apart (``Margins``).
+MOVES = ("later_start", "other_series")
 #: Saving margins tried, in percent of the "cheapest right now" expected cost.
 MARGIN_GRID = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 #: Win rate over "cheapest right now" that a margin must reach, by its lower bound.
@@ -668,6 +764,38 @@ def format_target(name: str, row: dict[str, Any]) -> str:
     return f"{value:.1f} points"
 
 
+def placement_limit(paths: dict[str, Any]) -> list[str]:
+    """The report's limit on placement choices, when no margin for other series qualified."""
+    if paths["rank_min_saving_percent"] < NEVER_SWITCH:
+        return []
+    return [
+        "- Other series: on the calibration days no margin made running on another series beat "
+        "\"cheapest right now\" in 60 % of differing decisions by the lower bound (table above). "
+        "So `/rank`, and `/cheapest_window` across zones, keep their recommendation with the "
+        "candidate cheapest now; placement choices then never differ here, and their win-rate "
+        "target has no decisions to judge. The rows \"no margin\" show what choosing the lowest "
+        "expected cost would have done. The network forecasts each series alone, with no "
+        "input from other zones or types, and has not learnt when one overtakes another; the "
+        "ranking by expected cost is still returned."
+    ]
+
+
+def recalibration_text(recalibration: dict[str, Any] | None) -> str:
+    """Describe the daily refits of a replay's cost levels and risk map for the report."""
+    if not recalibration or not recalibration["enabled"]:
+        return ("The cost levels and the risk map stay as fitted before the cut-off for the "
+                "whole evaluation period.")
+    low, high = recalibration["origins_per_refit"] or (0, 0)
+    return (
+        "At each evaluation origin the cost levels and the risk map are refitted on the origins "
+        f"{recalibration['origins_every_hours']} hours apart in the "
+        f"{recalibration['trailing_days']} days before it whose whole horizon has passed "
+        f"({recalibration['refits']} refits of {low} to {high} origins), as running "
+        "`spot-forecast calibrate` each day does; `rho` and the saving margins stay as fitted "
+        "before the cut-off. The values below are the first fit."
+    )
+
+
 def margin_text(percent: float) -> str:
     """Format a fitted margin for the report, where ``NEVER_SWITCH`` reads as never."""
     if percent >= NEVER_SWITCH:
@@ -715,6 +843,8 @@ def format_report(results: dict[str, Any], model_tag: str) -> str:
         "held out from training as its validation days; the evaluation period informs none of "
         "it. The service uses the same values (`sample_paths` in this report's JSON twin).",
         "",
+        recalibration_text(paths["fitting"].get("recalibration")),
+        "",
         f"- `rho` = {paths['rho']:g}: lowest Brier score of the raw risk frequencies.",
         "- Cost percentiles are read at recalibrated path levels by job length "
         f"({'; '.join(f'{r[0]:g} h: {r[1]:.3f}, {r[2]:.3f}, {r[3]:.3f}' for r in paths['cost_levels'])}), "
@@ -724,11 +854,15 @@ def format_report(results: dict[str, Any], model_tag: str) -> str:
         f"- Risk probabilities pass through an isotonic map with {len(paths['risk_knots'][0])} "
         "knots.",
         "- A recommendation leaves \"cheapest right now\" only for an expected saving of at "
-        f"least {margin_text(paths['min_saving_percent'])} of its cost for a start window "
-        f"(`/cheapest_window`) and {margin_text(paths['rank_min_saving_percent'])} for a "
-        "placement (`/rank`). Each is the smallest margin whose calibration win rate over "
-        "\"cheapest right now\" is at least 60 % by its one-sided 95 % lower bound (Wilson), "
-        f"among margins with at least {setup['config']['min_differing']} differing decisions.",
+        f"least {margin_text(paths['min_saving_percent'])} of its cost to start later on the "
+        f"series cheapest now (`/cheapest_window`) and "
+        f"{margin_text(paths['rank_min_saving_percent'])} to run on another series (another "
+        "zone in `/cheapest_window`, another candidate in `/rank`). Each is the smallest margin "
+        "whose calibration win rate over \"cheapest right now\" is at least 60 % by its "
+        "one-sided 95 % lower bound (Wilson), among margins with at least "
+        f"{setup['config']['min_differing']} differing decisions. Later starts are judged on "
+        "start windows with other series ruled out; other series on start windows and "
+        "placements with later starts ruled out.",
         "",
         "| rho | Brier of raw risk | raw risk max gap (points) | job-cost PIT coverage at 0.1 to 0.9 |",
         "|---|---|---|---|",
@@ -736,12 +870,13 @@ def format_report(results: dict[str, Any], model_tag: str) -> str:
     for row in paths["fitting"]["rho_grid"]:
         lines.append(f"| {row['rho']:g} | {row['brier']:.5f} | {row['risk_max_gap_points']:.1f} | "
                      f"{format_percent(row['pit_coverage_80'])} |")
-    lines += ["", "| min saving | kind | choices differ | wins | win rate | lower bound |",
+    lines += ["", "| min saving | move | choices differ | wins | win rate | lower bound |",
               "|---|---|---|---|---|---|"]
     for row in paths["fitting"]["margins"]:
-        for kind in ("window", "placement"):
-            cell = row[kind]
-            lines.append(f"| {row['min_saving_percent']:g} % | {kind} | {cell['choices_differ']} | "
+        for move in MOVES:
+            cell = row[move]
+            lines.append(f"| {row['min_saving_percent']:g} % | {move.replace('_', ' ')} | "
+                         f"{cell['choices_differ']} | "
                          f"{cell['wins']} | {format_percent(cell['win_rate'])} | "
                          f"{format_percent(cell['win_rate_lower_bound'])} |")
 
@@ -788,11 +923,15 @@ def format_report(results: dict[str, Any], model_tag: str) -> str:
 
     risk = results["price_risk"]
     raw = results["price_risk_uncalibrated"]
+    fixed = results.get("price_risk_fixed_map")
+    fixed_text = ("" if fixed is None or not paths["fitting"].get("recalibration", {}).get("enabled")
+                  else " With the map fitted before the cut-off kept for the whole period, it "
+                  f"was {fixed['max_gap_points']:.1f} points.")
     lines += ["", "## Price risk", "",
               f"{risk['decisions']} probabilities ({risk['events']} exceedances) of a rise of "
               "1, 2, 5 or 10 % above the last price within 24 or 72 hours. Deciles with at least "
               f"{risk['min_decisions_per_decile']} decisions are judged. Before the isotonic "
-              f"map the largest gap was {raw['max_gap_points']:.1f} points.", "",
+              f"map the largest gap was {raw['max_gap_points']:.1f} points.{fixed_text}", "",
               "| predicted probability | decisions | events | mean predicted | observed | judged |",
               "|---|---|---|---|---|---|"]
     for row in risk["deciles"]:
@@ -812,21 +951,16 @@ def format_report(results: dict[str, Any], model_tag: str) -> str:
         "",
         "## Limits",
         "",
-        "- Placement: on the calibration days no margin made the forecast's placement choices "
-        "beat \"cheapest right now\" in 60 % of differing decisions by the lower bound (table "
-        "above). So `/rank` keeps its recommendation with the candidate cheapest now when "
-        "the fitted margin is 100 %, its choices then never differ here, and the win-rate "
-        "target has no decisions to judge. The rows \"no margin\" show "
-        "what choosing the lowest expected cost would have done. The network forecasts each "
-        "series alone and has not learnt when one pool or zone overtakes another; its "
-        "ranking by expected cost is still returned.",
+        *placement_limit(paths),
         "- The calibration days and the evaluation period differ: prices moved more often after "
-        "the cut-off, which shows in the risk deciles, and window choices at the fitted margin "
-        "won less often than they did on the calibration days.",
+        "the cut-off. A risk map kept from before the cut-off under-states the risk (see the "
+        "gap above). The daily refits correct that only in part, because they lag the market "
+        "by the 72 hours an outcome takes plus the two weeks they average over.",
         "- Origins are one day apart and the series of one origin move together, so the "
         "decisions are not independent; treat differences of a point or two as noise.",
         "- The fit belongs to the model it was made with. The served model, trained on all the "
-        "data, uses it until its own training stores a fit of its own.",
+        "data, uses it until `spot-forecast calibrate` refits its cost levels and risk map; "
+        "`rho` and the margins stay as fitted here.",
         "",
     ]
     return "\n".join(lines)

@@ -57,9 +57,10 @@ def check_saving_percent(value: float | None) -> float | None:
 
 MIN_SAVING_DESCRIPTION = (
     "Expected saving, in percent of the cost of the candidate cheapest right now, below which "
-    "the recommendation stays with that candidate. Defaults to the margin fitted on the "
-    "decision backtest for this endpoint (100 where no margin beat cheapest right now there); "
-    "0 recommends the lowest expected cost however small the saving."
+    "the recommendation stays with that candidate. Defaults to the margins fitted on the "
+    "decision backtest: one to start later on the candidate cheapest now, one to run on another "
+    "candidate (100 where no margin beat cheapest right now there). A value sent here applies "
+    "to both; 0 recommends the lowest expected cost however small the saving."
 )
 
 
@@ -241,10 +242,18 @@ class CheapestWindowResponse(BaseModel):
     deadline: datetime
     baseline: Baseline
     recommended: WindowOption = Field(
-        description="The best window if it saves at least min_saving_percent against the "
-        "baseline, else starting at once on the baseline's series."
+        description="The window with the lowest expected cost among those that clear their "
+        "margin: min_saving_percent for a later start on the baseline's series, "
+        "other_series_min_saving_percent for another series. The baseline when none does."
     )
-    min_saving_percent: float
+    min_saving_percent: float = Field(
+        description="Expected saving, in percent of the baseline's cost, that a later start on "
+        "the baseline's series needs to be recommended."
+    )
+    other_series_min_saving_percent: float = Field(
+        description="Expected saving, in percent of the baseline's cost, that a window on "
+        "another series needs to be recommended."
+    )
     windows: list[WindowOption]
     method: str
 

@@ -25,16 +25,18 @@ from a grid by the Brier score of the risk probabilities (0.9 for the shipped fi
 levels of job costs are recalibrated after it, so the cost intervals do not rest on ``rho``
 alone.
 
-Three corrections are fitted on calibration days before the evaluation period (see
+Corrections are fitted on calibration days before the evaluation period (see
 ``decision_backtest``), because the cost of a job and the peak price of a window depend on how
 the hours move together, which the copula only approximates, and because the hourly intervals
-are calibrated one hour at a time: the path levels reported as the 10th, 50th and 90th cost percentiles, by job length
-(quantile recalibration of the job-cost PIT), an isotonic map from path exceedance frequencies to
-probabilities, and the smallest expected saving for which a recommendation leaves "cheapest right
-now". A bundle may carry its own under ``metadata["sample_paths"]``. Otherwise the values in
-``path_model.json`` beside this module apply, which ``decision_backtest --save-defaults`` wrote
-from the development backtest in ``docs/decisions.md``. The ``DEFAULT_*`` constants below are
-the uncalibrated fallbacks.
+are calibrated one hour at a time: the path levels reported as the 10th, 50th and 90th cost
+percentiles, by job length (quantile recalibration of the job-cost PIT), and an isotonic map
+from path exceedance frequencies to probabilities. With them come the smallest expected
+savings for which a recommendation leaves "cheapest right now": one to start later on the
+series cheapest now, one to move to another series. A bundle may carry its own fit under
+``metadata["sample_paths"]``, which ``spot-forecast calibrate`` (``calibration``) refreshes
+from recent prices. Otherwise the values in ``path_model.json`` beside this module apply, which
+``decision_backtest --save-defaults`` wrote from the development backtest in
+``docs/decisions.md``. The ``DEFAULT_*`` constants below are the uncalibrated fallbacks.
 
 Grid convention (as in ``grid``): grid point ``j`` is the time ``last_ds + j`` hours and its price
 is in force until the next grid point. Point 0 is the last observed price, known for sure, and
@@ -91,9 +93,11 @@ class PathModel:
     seed: int = 0
     cost_levels: tuple[tuple[float, float, float, float], ...] = DEFAULT_COST_LEVELS
     risk_knots: tuple[tuple[float, ...], tuple[float, ...]] = DEFAULT_RISK_KNOTS
-    #: Margin of ``/cheapest_window`` recommendations, in percent of the cheapest-now cost.
+    #: Expected saving, in percent of the cheapest-now cost, that a later start on the series
+    #: cheapest now needs to be recommended by ``/cheapest_window``.
     min_saving_percent: float = DEFAULT_MIN_SAVING_PERCENT
-    #: Margin of ``/rank`` recommendations; 100 keeps them with the candidate cheapest now.
+    #: Expected saving that another series needs: another candidate in ``/rank``, another zone
+    #: in ``/cheapest_window``. 100 keeps recommendations with the candidate cheapest now.
     rank_min_saving_percent: float = DEFAULT_MIN_SAVING_PERCENT
 
     def __post_init__(self) -> None:

@@ -83,6 +83,22 @@ def observation(forecast: Forecast) -> Observation:
     return Observation(ds=forecast.last_ds.to_pydatetime(), y=forecast.last_y)
 
 
+def recommend_window(ranked: Sequence[WindowOption], baseline_id: str, earliest: pd.Timestamp,
+                     *, later_start: float, other_series: float) -> WindowOption:
+    """The first of ``ranked`` (by expected cost) whose saving clears its margin, in percent.
+
+    A later start on the baseline's series needs ``later_start``, a window on another series
+    ``other_series``. The baseline (its series at ``earliest``) saves 0 % and always qualifies.
+    """
+    for window in ranked:
+        on_baseline_series = window.unique_id == baseline_id
+        if on_baseline_series and pd.Timestamp(window.start) == earliest:
+            return window
+        if window.saving_percent >= (later_start if on_baseline_series else other_series):
+            return window
+    raise ValueError(f"the baseline {baseline_id} at {earliest.isoformat()} is not ranked")
+
+
 class Planner:
     """Decision requests for one ``ForecastApp``; the app's history may be refreshed at any time."""
 
@@ -228,13 +244,12 @@ class Planner:
                 for rank, o in enumerate(options, start=1)
             ]
 
-            margin = self._margin(request.min_saving_percent, self.paths.min_saving_percent)
-            recommended = ranked[0]
-            if recommended.saving_percent < margin:
-                recommended = next(
-                    w for w in ranked
-                    if w.unique_id == baseline.unique_id and pd.Timestamp(w.start) == earliest
-                )
+            later_start = self._margin(request.min_saving_percent,
+                                       self.paths.min_saving_percent)
+            other_series = self._margin(request.min_saving_percent,
+                                        self.paths.rank_min_saving_percent)
+            recommended = recommend_window(ranked, baseline.unique_id, earliest,
+                                           later_start=later_start, other_series=other_series)
             if request.limit is not None:
                 ranked = ranked[: request.limit]
 
@@ -245,7 +260,8 @@ class Planner:
                     unique_id=baseline.unique_id, start=earliest.to_pydatetime(),
                     last_price=baseline_forecast.last_y, cost=cost_model(baseline.cost),
                 ),
-                recommended=recommended, min_saving_percent=margin, windows=ranked,
+                recommended=recommended, min_saving_percent=later_start,
+                other_series_min_saving_percent=other_series, windows=ranked,
                 method=self.paths.describe(),
             )
 
