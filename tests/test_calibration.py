@@ -123,7 +123,11 @@ def test_replay_refits_follow_a_shift():
     fixed = replay(panel, flat_forecaster, replace(config, recalibrate=False))
     observed = refitted["price_risk"]["by_setting"]["24h +1%"]["observed_frequency"]
     assert observed > 0.3
-    assert refitted["sample_paths"]["fitting"]["recalibration"]["refits"] > 0
+    recalibration = refitted["sample_paths"]["fitting"]["recalibration"]
+    assert recalibration["refits"] == len(refitted["setup"]["evaluation_origins"])
+    # Every refit reads the origins 8 hours apart from 6 days to 24 hours before it, also
+    # those just before the cut-off whose outcomes end after it.
+    assert recalibration["origins_per_refit"] == [16, 16]
     error = abs(refitted["price_risk"]["by_setting"]["24h +1%"]["mean_probability"] - observed)
     fixed_error = abs(fixed["price_risk"]["by_setting"]["24h +1%"]["mean_probability"] - observed)
     assert error < fixed_error / 2

@@ -39,7 +39,7 @@ from spot_forecast.grid import to_panel
 
 logger = logging.getLogger(__name__)
 
-#: Fewest origins a refit reads; two days of origins 8 hours apart.
+#: Minimum number of origins a refit reads: two days of origins 8 hours apart.
 MIN_ORIGINS = 6
 
 
@@ -49,7 +49,7 @@ class CalibrationError(ValueError):
 
 @dataclass(frozen=True)
 class CalibrationResult:
-    """What ``calibrate`` fitted, and the tag it saved (``None`` when not saved)."""
+    """The refitted path model, a summary of its fit and the saved tag (``None`` when not saved)."""
 
     tag: str | None
     model: PathModel
@@ -62,9 +62,9 @@ def calibrate(model_ref: str, table: pd.DataFrame, config: DecisionConfig = Deci
 
     ``table`` contains price events as ``ingest.read_prices`` returns them. Origins fall every
     ``config.calibration_every_hours`` in the last ``config.calibration_days`` of the prices,
-    each followed by ``config.horizon`` known hours; ``config.groups`` (pool, product) groups
-    are sampled from the series. Raises ``CalibrationError`` when there are fewer than
-    ``MIN_ORIGINS`` such origins.
+    and each is followed by ``config.horizon`` known hours. The series are ``config.groups``
+    (pool, product) groups sampled with the seed. Raises ``CalibrationError`` when there are
+    fewer than ``MIN_ORIGINS`` such origins.
     """
     import numpy as np
 

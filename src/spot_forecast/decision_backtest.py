@@ -479,9 +479,13 @@ def replay(
     # Records of every origin whose outcome a refit may read; only their PIT values and raw risk
     # frequencies are used, which depend on the paths and not on the calibration.
     known = {b.origin: r for b, r in zip(calibration_batches, calibration_records)}
+    # Origins after the calibration ones whose outcomes become known during the evaluation
+    # period, including those in the last horizon before the cut-off.
     refit_only: list[pd.Timestamp] = []
-    if config.recalibrate and evaluation:
-        refit_only = [t for t in origins_between(config.cutoff, evaluation[-1] - horizon * step,
+    if config.recalibrate and evaluation and calibration:
+        every = pd.Timedelta(hours=config.calibration_every_hours)
+        refit_only = [t for t in origins_between(calibration[-1] + every,
+                                                 evaluation[-1] - horizon * step,
                                                  config.calibration_every_hours)
                       if t not in set(evaluation)]
 
