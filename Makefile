@@ -1,5 +1,5 @@
-# ec2-spot-forecast: `make run` installs, trains if the store has no model, and serves;
-# `make test` installs and runs the tests.
+# ec2-spot-forecast: `make run` installs, trains and calibrates if the store has no model, and
+# serves; `make test` installs and runs the tests.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 model: install
 	@$(BIN)/bentoml models get $(MODEL_NAME):latest > /dev/null 2>&1 \
 		&& echo "Using $(MODEL_NAME):latest from $(BENTOML_HOME)" \
-		|| $(BIN)/python train.py
+		|| ($(BIN)/python train.py && $(BIN)/spot-forecast calibrate --model $(MODEL_NAME):latest)
 
 run: model
 	$(BIN)/bentoml serve service:SpotForecast --host $(HOST) --port $(PORT)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import BUNDLED_DATA
-
+#: Quantile levels of the synthetic forecasts.
+LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 #: A small replay: few paths and groups, five days of origins, 24-hour horizon.
 SMALL = dict(n_paths=100, groups=3, calibration_days=5, job_hours=(4, 24), placement_hours=(24,),
              risk_hours=(24,))
@@ -65,6 +65,8 @@ def test_calibrate_rejects_too_short_prices(copied_model, bundled_events):
 
 
 def test_calibrate_command_names_the_fix(copied_model, capsys):
+    from conftest import BUNDLED_DATA
+
     from spot_forecast.cli import EXIT_FAILED, main
 
     code = main(["-q", "calibrate", "--model", copied_model, "--data", str(BUNDLED_DATA),
@@ -92,7 +94,6 @@ def test_replay_refits_follow_a_shift():
     from spot_forecast.decision_backtest import DecisionConfig, replay
     from spot_forecast.forecast import Forecast
     from spot_forecast.grid import Panel, Series
-    from tests.test_decisions import LEVELS
 
     start = pd.Timestamp("2022-01-01T00:00Z")
     hours = 24 * 40

@@ -790,11 +790,12 @@ def recalibration_text(recalibration: dict[str, Any] | None) -> str:
         return ("The cost levels and the risk map stay as fitted before the cut-off for the "
                 "whole evaluation period.")
     low, high = recalibration["origins_per_refit"] or (0, 0)
+    origins = f"{low} origins each" if low == high else f"{low} to {high} origins"
     return (
         "At each evaluation origin the cost levels and the risk map are refitted on the origins "
         f"{recalibration['origins_every_hours']} hours apart in the "
         f"{recalibration['trailing_days']} days before it whose whole horizon has passed "
-        f"({recalibration['refits']} refits of {low} to {high} origins), as running "
+        f"({recalibration['refits']} refits of {origins}), as running "
         "`spot-forecast calibrate` each day does; `rho` and the saving margins stay as fitted "
         "before the cut-off. The values below are the first fit."
     )

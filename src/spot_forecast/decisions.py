@@ -113,7 +113,8 @@ class PathModel:
         Without it, the fit of ``path_model.json`` applies.
         """
         # NOTE: path_model.json was fitted on a model trained before 2022-02-11. A bundle trained
-        # on other data gets those corrections until its training stores its own fit.
+        # on other data gets those corrections until `spot-forecast calibrate` stores its own
+        # cost levels and risk map; rho and the margins come from path_model.json even then.
         stored = metadata.get("sample_paths") or packaged_path_model()
         knots = stored.get("risk_knots", DEFAULT_RISK_KNOTS)
         return cls(

@@ -899,7 +899,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decisions", action="store_true",
                         help="also replay job-cost, cheapest-window, placement and price-risk "
                         "decisions after the cut-off, write decisions.md and decisions.json and "
-                        "add their targets to the report (about 10 more minutes on 2 cores)")
+                        "add their targets to the report (about 13 more minutes on 2 cores)")
 
 
 def run_from_args(args: argparse.Namespace, settings: Settings) -> int:
