@@ -5,7 +5,7 @@ are known: the path levels reported as job-cost percentiles, and the isotonic ma
 exceedance frequencies to risk probabilities. Both describe how actual prices fell against the
 forecasts, and that drifts with the market. In the decision backtest (docs/decisions.md), a map
 fitted before the cut-off and kept for four weeks under-stated the risk by up to 5.7 points per
-decile, and the same map refitted each day on the two weeks before stayed within 5.
+decile. Refitted each day on the two weeks before, it stayed within 4.2 points.
 
 ``calibrate`` does that refit for a stored model. It forecasts origins every 8 hours in the
 last ``calibration_days`` of the prices whose whole horizon has passed, refits both

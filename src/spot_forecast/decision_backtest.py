@@ -476,8 +476,8 @@ def replay(
         if b is not None
     ]
     model, fitting, calibration_records = fit_path_model(calibration_batches, config)
-    # Records of every origin whose outcome a refit may read; only their PIT values and raw risk
-    # frequencies are used, which depend on the paths and not on the calibration.
+    # Records of every origin whose outcome a refit may read. A refit reads only their PIT values
+    # and raw risk frequencies, which depend on the paths alone, not on the calibration.
     known = {b.origin: r for b, r in zip(calibration_batches, calibration_records)}
     # Origins after the calibration ones whose outcomes become known during the evaluation
     # period, including those in the last horizon before the cut-off.
@@ -769,7 +769,7 @@ def format_target(name: str, row: dict[str, Any]) -> str:
 
 
 def placement_limit(paths: dict[str, Any]) -> list[str]:
-    """The report's limit on placement choices, when no margin for other series qualified."""
+    """Return the report's limit on placement choices when no margin for other series qualified."""
     if paths["rank_min_saving_percent"] < NEVER_SWITCH:
         return []
     return [

@@ -85,7 +85,7 @@ def observation(forecast: Forecast) -> Observation:
 
 def recommend_window(ranked: Sequence[WindowOption], baseline_id: str, earliest: pd.Timestamp,
                      *, later_start: float, other_series: float) -> WindowOption:
-    """The first of ``ranked`` (by expected cost) whose saving clears its margin, in percent.
+    """Return the first of ``ranked`` (by expected cost) whose saving clears its margin.
 
     A later start on the baseline's series needs ``later_start``, a window on another series
     ``other_series``. The baseline (its series at ``earliest``) saves 0 % and always qualifies.
