@@ -648,7 +648,7 @@ def _add_calibrate_command(commands: argparse._SubParsersAction) -> None:
         description="Forecast origins every 8 hours in the last days of the prices whose next "
         "72 hours are known, refit the job-cost percentile levels and the price-risk map on "
         "what happened, and save a new version of the model that the service loads next. Run "
-        "it after each ingest. About 2 minutes on 2 CPU cores with the bundled data.",
+        "it after each ingest. Under a minute on 2 CPU cores with the bundled data.",
     )
     calibrate.add_argument("--model", help="model tag (default: SPOT_FORECAST_MODEL_TAG, else "
                            "<model_name>:latest)")

@@ -150,7 +150,8 @@ class Planner:
             raise RequestError(
                 f"{what} ends at {(start + hours * HOUR).isoformat()}, but the forecast of "
                 f"{item.unique_id} covers prices only until {latest.isoformat()} "
-                f"({self.max_horizon} hours after its last observed price); end it earlier"
+                f"(the end of the {self.max_horizon}th hour after its last observed price); "
+                "end it earlier"
             )
         return max(1, min(self.max_horizon, math.ceil(end_offset) - 1))
 
