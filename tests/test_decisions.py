@@ -397,3 +397,17 @@ def test_margins_fitted_apart_for_later_starts_and_other_series():
     # With one margin for both moves, the forecast's favourite (zone b) would have lost.
     replay_choices(batches[0], config, tallies, Margins(0.0, 0.0))
     assert tallies["window_4h"].summary()["losses"] == 1
+
+
+def test_risk_beyond_the_fitted_rises_uses_the_share_of_paths():
+    # The map lifts a zero share of paths to 0.2 %, as the shipped map does, but it was fitted on
+    # rises of at most 10 %; a threshold far beyond them gets the share of paths itself.
+    model = PathModel(risk_knots=((0.0, 0.5, 1.0), (0.002, 0.4, 1.0)), risk_max_rise_percent=10.0)
+    forecast = lognormal_forecast(24, 0.03, 0.05)
+    start = END
+    within, _ = exceedance_probability(forecast, 0.03 * 1.10, start, 24, model)
+    beyond, _ = exceedance_probability(forecast, 0.03 * 1.11, start, 24, model)
+    far, hourly = exceedance_probability(forecast, 1000.0, start, 24, model)
+    assert within >= 0.002
+    assert beyond <= within
+    assert far == 0.0 and np.all(hourly == 0.0)

@@ -567,6 +567,7 @@ def path_model_metadata(model: PathModel) -> dict[str, Any]:
                        [round(y, 4) for y in model.risk_knots[1]]],
         "min_saving_percent": model.min_saving_percent,
         "rank_min_saving_percent": model.rank_min_saving_percent,
+        "risk_max_rise_percent": model.risk_max_rise_percent,
     }
 
 
@@ -637,7 +638,8 @@ def fit_path_model(batches: Sequence[OriginBatch], config: DecisionConfig
     model = PathModel(rho=rho, n_paths=config.n_paths, seed=config.seed,
                       cost_levels=cost_levels, risk_knots=knots,
                       min_saving_percent=chosen["later_start"],
-                      rank_min_saving_percent=chosen["other_series"])
+                      rank_min_saving_percent=chosen["other_series"],
+                      risk_max_rise_percent=max(config.risk_rise_percent))
     return model, {"rho_grid": table, "margins": margins}, records
 
 
@@ -1052,6 +1054,8 @@ def save_defaults(results: dict[str, Any]) -> Path:
     fitted = {key: results["sample_paths"][key]
               for key in ("rho", "cost_levels", "risk_knots", "min_saving_percent",
                           "rank_min_saving_percent")}
+    fitted["risk_max_rise_percent"] = results["sample_paths"].get(
+        "risk_max_rise_percent", max(results["setup"]["config"]["risk_rise_percent"]))
     payload = {
         "fitted_on": f"decision backtest of {results['model']}, calibration origins "
                      f"{setup['calibration_origins'][0]} to {setup['calibration_origins'][-1]}",

@@ -68,6 +68,8 @@ DEFAULT_COST_LEVELS: tuple[tuple[float, float, float, float], ...] = ((1.0, 0.1,
 DEFAULT_RISK_KNOTS: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0, 1.0), (0.0, 1.0))
 #: Expected saving, in percent of the "cheapest right now" cost, below which it is recommended.
 DEFAULT_MIN_SAVING_PERCENT = 0.1
+#: Largest rise the shipped risk map was fitted on (the decision backtest tries 1 to 10 %).
+DEFAULT_RISK_MAX_RISE_PERCENT = 10.0
 #: Fitted path-model values shipped beside this module.
 PATH_MODEL_FILE = "path_model.json"
 #: Paths drawn per forecast. The Monte Carlo error of a 10th percentile with 2,000 paths is
@@ -99,6 +101,8 @@ class PathModel:
     #: Expected saving that another series needs: another candidate in ``/rank``, another zone
     #: in ``/cheapest_window``. 100 keeps recommendations with the candidate cheapest now.
     rank_min_saving_percent: float = DEFAULT_MIN_SAVING_PERCENT
+    #: Largest rise above the last price, in percent, that the risk map was fitted on.
+    risk_max_rise_percent: float = DEFAULT_RISK_MAX_RISE_PERCENT
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rho <= 1.0:
@@ -130,6 +134,9 @@ class PathModel:
             rank_min_saving_percent=float(
                 stored.get("rank_min_saving_percent",
                            stored.get("min_saving_percent", DEFAULT_MIN_SAVING_PERCENT))
+            ),
+            risk_max_rise_percent=float(
+                stored.get("risk_max_rise_percent", DEFAULT_RISK_MAX_RISE_PERCENT)
             ),
         )
 
@@ -390,8 +397,10 @@ def exceedance_probability(
     of each overlapped grid point on its own (same order as the grid).
 
     The window probability passes through the model's calibration map, which was fitted on
-    thresholds above the last price. For a threshold at or below it, the share of paths is
-    returned as it is. The hourly probabilities are the shares of paths above the threshold at
+    thresholds above the last price by up to ``model.risk_max_rise_percent``. For a threshold at
+    or below the last price, the share of paths is returned as it is. Above the fitted range the
+    map has no data, so the share of paths applies there too, capped at the calibrated
+    probability at the edge of the range, which keeps the answer falling as the threshold rises. The hourly probabilities are the shares of paths above the threshold at
     each hour, which follow the hourly quantile forecast, capped at the window probability. The
     hour of the last observation is known, so its probability is 1 or 0.
     """
@@ -401,8 +410,12 @@ def exceedance_probability(
     above = paths > threshold
     hourly = above.mean(axis=0)
     window = float(above.any(axis=1).mean())
-    if threshold > forecast.last_y:
+    edge = forecast.last_y * (1 + model.risk_max_rise_percent / 100)
+    if forecast.last_y < threshold <= edge:
         window = float(model.risk_probability(window))
+    elif threshold > edge:
+        at_edge = float((paths > edge).any(axis=1).mean())
+        window = min(window, float(model.risk_probability(at_edge)))
 
     if inside[0]:
         known = 1.0 if forecast.last_y > threshold else 0.0
