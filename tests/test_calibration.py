@@ -67,13 +67,13 @@ def test_calibrate_rejects_too_short_prices(copied_model, bundled_events):
 def test_calibrate_command_names_the_fix(copied_model, capsys):
     from conftest import BUNDLED_DATA
 
-    from spot_forecast.cli import EXIT_FAILED, main
+    from spot_forecast.cli import EXIT_USAGE, main
 
+    # Checked before the prices are read: 2 days cannot hold 6 origins with 72 known hours each.
     code = main(["-q", "calibrate", "--model", copied_model, "--data", str(BUNDLED_DATA),
                  "--days", "2"])
-    assert code == EXIT_FAILED
-    error = capsys.readouterr().err
-    assert "a refit needs 6: use at least 5 days (--days)" in error
+    assert code == EXIT_USAGE
+    assert "--days is 2; a refit needs at least 5 days" in capsys.readouterr().err
 
 
 def test_trailing_origins_read_only_known_outcomes():

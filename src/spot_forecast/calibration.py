@@ -56,6 +56,12 @@ class CalibrationResult:
     details: dict[str, Any]
 
 
+def min_calibration_days(config: DecisionConfig = DecisionConfig()) -> int:
+    """Fewest calibration days that can hold ``MIN_ORIGINS`` origins with known outcomes."""
+    hours = (MIN_ORIGINS - 1) * config.calibration_every_hours + config.horizon
+    return math.ceil(hours / 24)
+
+
 def calibrate(model_ref: str, table: pd.DataFrame, config: DecisionConfig = DecisionConfig(),
               *, save: bool = True) -> CalibrationResult:
     """Refit the cost levels and the risk map of ``model_ref`` on the latest days of ``table``.
@@ -76,11 +82,10 @@ def calibrate(model_ref: str, table: pd.DataFrame, config: DecisionConfig = Deci
     origins = origins_between(panel.end - pd.Timedelta(days=config.calibration_days),
                               panel.end - config.horizon * step, config.calibration_every_hours)
     if len(origins) < MIN_ORIGINS:
-        needed_hours = (MIN_ORIGINS - 1) * config.calibration_every_hours + config.horizon
         raise CalibrationError(
             f"the prices end at {panel.end.isoformat()}, and {config.calibration_days} days of "
             f"origins followed by {config.horizon} known hours give {len(origins)}; a refit "
-            f"needs {MIN_ORIGINS}: use at least {math.ceil(needed_hours / 24)} days (--days) "
+            f"needs {MIN_ORIGINS}: use at least {min_calibration_days(config)} days (--days) "
             "and prices that cover them"
         )
     unique_ids = sample_series(panel, config)

@@ -664,12 +664,17 @@ def _add_calibrate_command(commands: argparse._SubParsersAction) -> None:
 def _run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
-    from .calibration import calibrate
+    from .calibration import calibrate, min_calibration_days
     from .decision_backtest import DecisionConfig
     from .store import ModelFormatError
     from .training import load_events
 
     tag = args.model or os.environ.get("SPOT_FORECAST_MODEL_TAG") or f"{settings.model_name}:latest"
+    if args.days < min_calibration_days():
+        print(f"spot-forecast: error: --days is {args.days}; a refit needs at least "
+              f"{min_calibration_days()} days of origins whose next 72 hours are known",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         table = load_events(settings, args.data, args.archive)
         result = calibrate(tag, table, DecisionConfig(calibration_days=args.days))
