@@ -479,13 +479,18 @@ def _add_plot_command(commands: argparse._SubParsersAction) -> None:
     plot.set_defaults(handler=_run_plot)
 
 
-def _run_plot(args: argparse.Namespace, settings: Settings) -> int:
+def _model_tag(args: argparse.Namespace, settings: Settings) -> str:
+    """Return the model a command uses: --model, else SPOT_FORECAST_MODEL_TAG, else the latest."""
     import os
 
+    return args.model or os.environ.get("SPOT_FORECAST_MODEL_TAG") or f"{settings.model_name}:latest"
+
+
+def _run_plot(args: argparse.Namespace, settings: Settings) -> int:
     from .forecast import Guard, Predictor, forecast_histories
     from .store import ModelFormatError, load_bundle
 
-    tag = args.model or os.environ.get("SPOT_FORECAST_MODEL_TAG") or f"{settings.model_name}:latest"
+    tag = _model_tag(args, settings)
     try:
         bundle = load_bundle(tag)
     except ModelFormatError as error:
@@ -662,22 +667,20 @@ def _add_calibrate_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace, settings: Settings) -> int:
-    import os
-
     from .calibration import calibrate, min_calibration_days
     from .decision_backtest import DecisionConfig
     from .store import ModelFormatError
     from .training import load_events
 
-    tag = args.model or os.environ.get("SPOT_FORECAST_MODEL_TAG") or f"{settings.model_name}:latest"
-    if args.days < min_calibration_days():
+    config = DecisionConfig(calibration_days=args.days)
+    if args.days < min_calibration_days(config):
         print(f"spot-forecast: error: --days is {args.days}; a refit needs at least "
-              f"{min_calibration_days()} days of origins whose next 72 hours are known",
-              file=sys.stderr)
+              f"{min_calibration_days(config)} days of origins whose next {config.horizon} hours "
+              "are known", file=sys.stderr)
         return EXIT_USAGE
     try:
         table = load_events(settings, args.data, args.archive)
-        result = calibrate(tag, table, DecisionConfig(calibration_days=args.days))
+        result = calibrate(_model_tag(args, settings), table, config)
     except (ValueError, ModelFormatError) as error:
         print(f"spot-forecast: error: {error}", file=sys.stderr)
         return EXIT_FAILED

@@ -325,7 +325,7 @@ def replay_choices(batch: OriginBatch, config: DecisionConfig,
             starts = np.arange(0, config.window_deadline_hours - hours + 1)
             expected = expected_sums[rows][:, starts + hours] - expected_sums[rows][:, starts]
             actual = actual_sums[rows][:, starts + hours] - actual_sums[rows][:, starts]
-            saving = 100.0 * (1.0 - expected / expected[cheapest_now, 0])
+            saving = saving_percent(expected, expected[cheapest_now, 0])
             other = np.arange(len(rows))[:, None] != cheapest_now
             allowed = np.where(other, saving >= margins.other_series,
                                saving >= margins.later_start)
@@ -342,7 +342,6 @@ def replay_choices(batch: OriginBatch, config: DecisionConfig,
             )
 
     # Placement over the zones of one instance type, and over every type and zone of a pool.
-    margin = margins.other_series / 100.0
     for kind, groups in (("placement_zones", zone_groups), ("placement", pool_groups)):
         if f"{kind}_{config.placement_hours[0]}h" not in tallies:
             continue  # a margin fit that judges start windows alone
@@ -355,12 +354,17 @@ def replay_choices(batch: OriginBatch, config: DecisionConfig,
                 expected = expected_sums[rows, hours]
                 actual = actual_sums[rows, hours]
                 choice = int(np.lexsort((last, expected))[0])
-                if expected[choice] > expected[cheapest_now] * (1 - margin):
+                if saving_percent(expected[choice], expected[cheapest_now]) < margins.other_series:
                     choice = cheapest_now
                 tallies[f"{kind}_{hours}h"].add(
                     chosen=float(actual[choice]), baseline=float(actual[cheapest_now]),
                     best=float(actual.min()), differ=choice != cheapest_now,
                 )
+
+
+def saving_percent(expected: np.ndarray | float, baseline: float) -> np.ndarray | float:
+    """Return the expected saving against ``baseline``, in percent of it."""
+    return 100.0 * (1.0 - expected / baseline)
 
 
 def decision_kinds(config: DecisionConfig) -> list[tuple[str, tuple[int, ...]]]:
@@ -481,13 +485,11 @@ def replay(
     known = {b.origin: r for b, r in zip(calibration_batches, calibration_records)}
     # Origins after the calibration ones whose outcomes become known during the evaluation
     # period, including those in the last horizon before the cut-off.
-    refit_only: list[pd.Timestamp] = []
+    refit_only: set[pd.Timestamp] = set()
     if config.recalibrate and evaluation and calibration:
         every = pd.Timedelta(hours=config.calibration_every_hours)
-        refit_only = [t for t in origins_between(calibration[-1] + every,
-                                                 evaluation[-1] - horizon * step,
-                                                 config.calibration_every_hours)
-                      if t not in set(evaluation)]
+        refit_only = set(origins_between(calibration[-1] + every, evaluation[-1] - horizon * step,
+                                         config.calibration_every_hours)) - set(evaluation)
 
     rng = np.random.default_rng(config.seed)
     jobs, risks, probabilities, fixed_probabilities, refits = [], [], [], [], []
@@ -616,11 +618,10 @@ def fit_path_model(batches: Sequence[OriginBatch], config: DecisionConfig
     margins = []
     for margin in MARGIN_GRID:
         row: dict[str, Any] = {"min_saving_percent": margin}
-        # Each move is judged with the other one ruled out: later starts on start windows,
-        # other series on start windows and placements.
-        for move, kinds in ((MOVES[0], ("window_",)), (MOVES[1], ("window_", "placement"))):
+        # Each move is judged with the other one ruled out, on the decision kinds it can change.
+        for move, judged_kinds in MOVES.items():
             tallies = {f"{kind}_{h}h": Tally() for kind, hours in decision_kinds(config)
-                       for h in hours if f"{kind}_".startswith(kinds)}
+                       for h in hours if kind in judged_kinds}
             for batch in batches:
                 replay_choices(batch, config, tallies, Margins(**{
                     m: (margin if m == move else NEVER_SWITCH) for m in MOVES}))
@@ -716,8 +717,13 @@ def wilson_lower_bound(successes: int, trials: int, z: float = 1.645) -> float:
     return float((centre - spread) / (1 + z * z / trials))
 
 
-#: The two moves away from "cheapest right now" whose margins are fitted apart (``Margins``).
-MOVES = ("later_start", "other_series")
+#: The two moves away from "cheapest right now" whose margins are fitted apart (``Margins``),
+#: with the decision kinds each can change: a later start only a start window, another series
+#: a start window (another zone) and both placements.
+MOVES: dict[str, tuple[str, ...]] = {
+    "later_start": ("window",),
+    "other_series": ("window", "placement", "placement_zones"),
+}
 #: Saving margins tried, in percent of the "cheapest right now" expected cost.
 MARGIN_GRID = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 #: Win rate over "cheapest right now" that a margin must reach, by its lower bound.
@@ -794,12 +800,12 @@ def recalibration_text(recalibration: dict[str, Any] | None) -> str:
     low, high = recalibration["origins_per_refit"] or (0, 0)
     origins = f"{low} origins each" if low == high else f"{low} to {high} origins"
     return (
-        "At each evaluation origin the cost levels and the risk map are refitted on the origins "
+        "At each evaluation origin the cost levels and the risk map are refitted, as running "
+        "`spot-forecast calibrate` each day does. Each refit reads the origins "
         f"{recalibration['origins_every_hours']} hours apart in the "
         f"{recalibration['trailing_days']} days before it whose whole horizon has passed "
-        f"({recalibration['refits']} refits of {origins}), as running "
-        "`spot-forecast calibrate` each day does; `rho` and the saving margins stay as fitted "
-        "before the cut-off. The values below are the first fit."
+        f"({recalibration['refits']} refits of {origins}). `rho` and the saving margins stay "
+        "as fitted before the cut-off. The values below are the first fit."
     )
 
 
@@ -860,11 +866,11 @@ def format_report(results: dict[str, Any], model_tag: str) -> str:
         "Levels for other lengths are interpolated in log hours.",
         f"- Risk probabilities pass through an isotonic map with {len(paths['risk_knots'][0])} "
         "knots.",
-        "- A recommendation leaves \"cheapest right now\" only for an expected saving of at "
-        f"least {margin_text(paths['min_saving_percent'])} of its cost to start later on the "
-        f"series cheapest now (`/cheapest_window`) and "
-        f"{margin_text(paths['rank_min_saving_percent'])} to run on another series (another "
-        "zone in `/cheapest_window`, another candidate in `/rank`). Each is the smallest margin "
+        "- A recommendation starts later on the series cheapest now (`/cheapest_window`) only "
+        f"for an expected saving of at least {margin_text(paths['min_saving_percent'])} of the "
+        "cost of \"cheapest right now\". It runs on another series (another zone in "
+        "`/cheapest_window`, another candidate in `/rank`) only for "
+        f"{margin_text(paths['rank_min_saving_percent'])}. Each is the smallest margin "
         "whose calibration win rate over \"cheapest right now\" is at least 60 % by its "
         "one-sided 95 % lower bound (Wilson), among margins with at least "
         f"{setup['config']['min_differing']} differing decisions. Later starts are judged on "
