@@ -26,7 +26,7 @@ def copied_model(small_model_tag: str) -> str:
                        bundle.metadata, history)
 
 
-def test_calibrate_saves_a_new_version_with_the_refit(copied_model, bundled_events):
+def test_calibrate_saves_new_version(copied_model, bundled_events):
     from spot_forecast.calibration import calibrate
     from spot_forecast.decision_backtest import DecisionConfig
     from spot_forecast.decisions import PathModel, packaged_path_model
@@ -34,7 +34,8 @@ def test_calibrate_saves_a_new_version_with_the_refit(copied_model, bundled_even
 
     result = calibrate(copied_model, bundled_events, DecisionConfig(**SMALL))
 
-    assert result.tag is not None and result.tag != copied_model
+    assert result.tag is not None
+    assert result.tag != copied_model
     assert result.tag.split(":")[0] == "spot_lstm_calibration_test"
     saved = load_bundle(result.tag, load_model=False)
     stored = saved.metadata["sample_paths"]
@@ -51,7 +52,8 @@ def test_calibrate_saves_a_new_version_with_the_refit(copied_model, bundled_even
     # Every origin is followed by its whole horizon of known prices.
     assert pd.Timestamp(details["last_origin"]) <= prices_end - pd.Timedelta(hours=24)
     assert pd.Timestamp(details["first_origin"]) >= prices_end - pd.Timedelta(days=5)
-    assert details["origins"] >= 6 and details["fitted_from"] == copied_model
+    assert details["origins"] >= 6
+    assert details["fitted_from"] == copied_model
 
 
 def test_calibrate_rejects_too_short_prices(copied_model, bundled_events):
@@ -76,7 +78,7 @@ def test_calibrate_command_names_the_fix(copied_model, capsys):
     assert "--days is 2; a refit needs at least 5 days" in capsys.readouterr().err
 
 
-def test_trailing_origins_read_only_known_outcomes():
+def test_trailing_origins_known_only():
     from spot_forecast.decision_backtest import DecisionConfig, trailing_origins
 
     config = DecisionConfig(calibration_days=2, job_hours=(4,), placement_hours=(24,),
@@ -135,7 +137,7 @@ def test_replay_refits_follow_a_shift():
     assert fixed["price_risk_fixed_map"] == fixed["price_risk"]
 
 
-def test_calibrate_command_saves_and_reports(copied_model, bundled_events, tmp_path, capsys):
+def test_calibrate_command_saves(copied_model, bundled_events, tmp_path, capsys):
     from spot_forecast.cli import main
     from spot_forecast.store import load_bundle
 
@@ -154,7 +156,8 @@ def test_calibrate_command_saves_and_reports(copied_model, bundled_events, tmp_p
     out = capsys.readouterr().out
     assert code == 0, out
     tag = out.split()[1].rstrip(":")
-    assert tag.startswith("spot_lstm_calibration_test:") and tag != copied_model
+    assert tag.startswith("spot_lstm_calibration_test:")
+    assert tag != copied_model
     details = load_bundle(tag, load_model=False).metadata["sample_paths"]["calibration"]
     assert f"refitted on {details['origins']} origins" in out
     # Every zone's Linux/UNIX and Windows series (the products the backtest samples).

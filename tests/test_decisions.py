@@ -363,7 +363,7 @@ def test_hourly_risk_never_exceeds_window():
     assert hourly.max() <= probability
 
 
-def test_margins_fitted_apart_for_later_starts_and_other_series():
+def test_margins_fitted_per_move():
     """Waiting for a forecast drop pays here, moving to another zone does not."""
     from spot_forecast.decision_backtest import (
         NEVER_SWITCH, DecisionConfig, Margins, OriginBatch, Tally, fit_path_model,
@@ -393,13 +393,14 @@ def test_margins_fitted_apart_for_later_starts_and_other_series():
     replay_choices(batches[0], config, tallies,
                    Margins(model.min_saving_percent, model.rank_min_saving_percent))
     window = tallies["window_4h"].summary()
-    assert window["choices_differ"] == 1 and window["wins"] == 1
+    assert window["choices_differ"] == 1
+    assert window["wins"] == 1
     # With one margin for both moves, the forecast's favourite (zone b) would have lost.
     replay_choices(batches[0], config, tallies, Margins(0.0, 0.0))
     assert tallies["window_4h"].summary()["losses"] == 1
 
 
-def test_risk_beyond_the_fitted_rises_uses_the_share_of_paths():
+def test_risk_beyond_fitted_rises():
     # The map lifts a zero share of paths to 0.2 %, as the shipped map does, but it was fitted on
     # rises of at most 10 %; a threshold far beyond them gets the share of paths itself.
     model = PathModel(risk_knots=((0.0, 0.5, 1.0), (0.002, 0.4, 1.0)), risk_max_rise_percent=10.0)
@@ -410,4 +411,5 @@ def test_risk_beyond_the_fitted_rises_uses_the_share_of_paths():
     far, hourly = exceedance_probability(forecast, 1000.0, start, 24, model)
     assert within >= 0.002
     assert beyond <= within
-    assert far == 0.0 and np.all(hourly == 0.0)
+    assert far == 0.0
+    assert np.all(hourly == 0.0)

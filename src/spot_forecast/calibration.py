@@ -8,9 +8,9 @@ fitted before the cut-off and kept for four weeks under-stated the risk by up to
 decile. Refitted each day on the two weeks before, it stayed within 4.2 points.
 
 ``calibrate`` does that refit for a stored model. It forecasts origins every 8 hours in the
-last ``calibration_days`` of the prices whose whole horizon has passed, refits both
-corrections on what happened, and saves a new version of the model with the same network,
-scaler and history and the new fit under ``metadata["sample_paths"]``. The service loads the
+last ``calibration_days`` of the prices whose whole horizon has passed, and refits both
+corrections on what happened. It then saves a new version of the model with the same network,
+scaler and history, and the new fit under ``metadata["sample_paths"]``. The service loads the
 newest version, so ``spot-forecast calibrate`` after each ingest keeps the probabilities
 current. ``rho`` and the saving margins stay as they were.
 """
@@ -57,7 +57,7 @@ class CalibrationResult:
 
 
 def min_calibration_days(config: DecisionConfig = DecisionConfig()) -> int:
-    """Fewest calibration days that can hold ``MIN_ORIGINS`` origins with known outcomes."""
+    """Return the minimum number of calibration days that hold ``MIN_ORIGINS`` known origins."""
     hours = (MIN_ORIGINS - 1) * config.calibration_every_hours + config.horizon
     return math.ceil(hours / 24)
 

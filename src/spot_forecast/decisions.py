@@ -399,8 +399,8 @@ def exceedance_probability(
     The window probability passes through the model's calibration map, which was fitted on
     thresholds above the last price by up to ``model.risk_max_rise_percent``. For a threshold at
     or below the last price, the share of paths is returned as it is. Above the fitted range the
-    map has no data, so the share of paths applies there too, capped at the calibrated
-    probability at the edge of the range; the probability still falls as the threshold rises.
+    map has no data, so the share of paths applies there too. It is capped at the calibrated
+    probability at the edge of the range, so the probability still falls as the threshold rises.
     The hourly probabilities are the shares of paths above the threshold at each hour, which
     follow the hourly quantile forecast, capped at the window probability. The hour of the last
     observation is known, so its probability is 1 or 0.
