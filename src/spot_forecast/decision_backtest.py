@@ -587,9 +587,9 @@ def fit_path_model(batches: Sequence[OriginBatch], config: DecisionConfig
       least 60 % of the calibration decisions where they differ, judged by the one-sided 95 %
       lower bound of that rate, with at least ``config.min_differing`` such decisions. The
       bound keeps the choice from resting on a rate that clears 60 % by chance. When no margin
-      qualifies, ``NEVER_SWITCH``. The moves are fitted apart because the network forecasts
-      each series alone: it may know when one price falls and still not know when one zone
-      overtakes another.
+      qualifies, ``NEVER_SWITCH``. The moves are fitted apart because a forecast may know when
+      one price falls and still not know when one zone overtakes another
+      (``spot_forecast.placement_headroom`` measures how rarely that happens).
 
     Returns the model, a summary of the fit for the report and the ``replay_paths`` records of
     each batch under the chosen ``rho``.
@@ -786,9 +786,12 @@ def placement_limit(paths: dict[str, Any]) -> list[str]:
         "So `/rank`, and `/cheapest_window` across zones, keep their recommendation with the "
         "candidate cheapest now; placement choices then never differ here, and their win-rate "
         "target has no decisions to judge. The rows \"no margin\" show what choosing the lowest "
-        "expected cost would have done. The network forecasts each series alone, with no "
-        "input from other zones or types, and has not learnt when one overtakes another; the "
-        "ranking by expected cost is still returned."
+        "expected cost would have done. The ranking by expected cost is still returned.",
+        "- Why: the series cheapest now is nearly always the cheapest over the window too. "
+        "[placement-headroom.md](placement-headroom.md) (`python -m "
+        "spot_forecast.placement_headroom`) counts how rarely the hindsight best beats it "
+        "and how little it then saves, and shows that a classifier trained on cross-series "
+        "features for exactly this choice also wins well under 60 % of its switches.",
     ]
 
 
