@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -413,3 +414,14 @@ def test_risk_beyond_fitted_rises():
     assert beyond <= within
     assert far == 0.0
     assert np.all(hourly == 0.0)
+
+
+def test_backtest_main_unknown_model_exits_2(tmp_path, capsys):
+    from spot_forecast.decision_backtest import main
+
+    prices = Path(__file__).resolve().parent / "data" / "real" / "spot_price_history.csv"
+    code = main(["--model", "no_such_model:v1", "--data", str(prices), "--out", str(tmp_path)])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "no_such_model:v1" in error
+    assert "not in the BentoML model store" in error

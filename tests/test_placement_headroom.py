@@ -3,6 +3,9 @@ planted cross-series signal and finds none where the signal is only a decoy."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,10 +20,12 @@ from spot_forecast.placement_headroom import (
     collect_decisions,
     format_report,
     headroom,
+    main,
     pair_features,
     study,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 START = pd.Timestamp("2022-01-01T00:00Z")
 ZONES = ("eu-west-1a", "eu-west-1b")
 
@@ -149,3 +154,30 @@ def test_real_cheapest_now_near_best(bundled_events):
             # Over real eu-west-1 prices "cheapest right now" costs at most 0.1 % above the
             # hindsight best on average: little room for any forecast to win.
             assert figures["cheapest_now_extra_cost_percent"] < 0.1, period
+
+
+def test_main_missing_file_exits_2(tmp_path, capsys):
+    missing = tmp_path / "missing.csv"
+    assert main(["--data", str(missing), "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert str(missing) in error
+    assert "not found" in error
+
+
+def test_main_prices_too_short_name_the_fix(tmp_path, capsys):
+    # Real prices of five series over the seven weeks to 2023-12-30, after the default cut-off.
+    prices = ROOT / "tests" / "data" / "real" / "spot_price_history.csv"
+    assert main(["--data", str(prices), "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "no 24-hour placement decision falls in the training period" in error
+    assert "--cutoff" in error
+    assert not (tmp_path / "placement-headroom.md").exists()
+
+
+def test_main_writes_both_reports(tmp_path):
+    prices = ROOT / "tests" / "data" / "real" / "spot_price_history.csv"
+    assert main(["--data", str(prices), "--out", str(tmp_path), "--cutoff", "2023-12-29"]) == 0
+    results = json.loads((tmp_path / "placement-headroom.json").read_text())
+    assert results["setup"]["cutoff"] == "2023-12-29T00:00:00+00:00"
+    assert results["windows"]["24h"]["headroom"]["calibration"]["decisions"] > 0
+    assert "# Placement headroom" in (tmp_path / "placement-headroom.md").read_text()

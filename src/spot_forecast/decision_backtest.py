@@ -1079,6 +1079,7 @@ def save_defaults(results: dict[str, Any]) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m spot_forecast.decision_backtest --model TAG``."""
     from spot_forecast.config import Settings
+    from spot_forecast.store import ModelFormatError
 
     parser = argparse.ArgumentParser(
         prog=REPORT_COMMAND,
@@ -1102,7 +1103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = DecisionConfig(groups=args.groups)
-    results = run(args.model, args.data or Settings().data_paths, args.out, config)
+    try:
+        results = run(args.model, args.data or Settings().data_paths, args.out, config)
+    except (ValueError, ModelFormatError) as error:  # unreadable prices, unknown or unfit model
+        print(f"{REPORT_COMMAND}: error: {error}", file=sys.stderr)
+        return 2
     if args.save_defaults:
         save_defaults(results)
     for name, row in results["targets"].items():

@@ -5,9 +5,9 @@ chooses must cost less than "cheapest right now" in at least 60 % of the decisio
 differ. This study measures how much room the prices leave for that, independently of the
 network:
 
-* **Headroom.** At each origin and for each (pool, product) group of series, how often some other
-  series of the group turns out strictly cheaper over the next 24 or 72 hours than the one
-  cheapest at the origin, and by how much. A forecast can only win where this happens.
+* **Headroom.** At each origin, each (pool, product) group of series has one series cheapest at
+  the origin. The study counts how often another series of the group turns out strictly cheaper
+  over the next 24 or 72 hours, and by how much. A forecast can only win where this happens.
 * **A direct cross-series classifier.** A gradient-boosted classifier reads features of each pair
   (series cheapest now, other series of its group) from the two price histories: the price gap
   now, each side's change over 6 to 168 hours, how often each changed, how much of the last week
@@ -112,9 +112,9 @@ def price_matrix(panel: Panel, products: Sequence[str]) -> PriceMatrix:
 class Decisions:
     """Placement decisions at many (origin, group) pairs for one window length.
 
-    One row per (decision, other series): ``features`` has shape ``(n, len(FEATURE_NAMES))``;
+    One row per (decision, other series): ``features`` has shape ``(n, len(FEATURE_NAMES))``.
     ``beats`` and ``loses`` mark whether the other series cost strictly less or more than the
-    series cheapest now over the window; ``decision`` numbers the (origin, group) pair.
+    series cheapest now over the window. ``decision`` numbers the (origin, group) pair.
     ``saving`` holds, per decision, the hindsight best's saving over "cheapest right now" as a
     share of its cost (0 where cheapest right now was the best), and ``tied_now`` whether
     another series had the same lowest price at the origin.
@@ -129,11 +129,11 @@ class Decisions:
 
 
 def pair_features(window: np.ndarray, baseline: int, same_type: np.ndarray) -> np.ndarray:
-    """Features of every other series of a group against the one cheapest now.
+    """Compute the features of every other series of a group against the one cheapest now.
 
-    ``window`` contains the group's prices over the ``FEATURE_HOURS + 1`` hours ending at the origin,
-    shape ``(n, FEATURE_HOURS + 1)``. Returns ``(n - 1, len(FEATURE_NAMES))`` rows in series order,
-    the baseline's row left out.
+    ``window`` contains the group's prices over the ``FEATURE_HOURS + 1`` hours ending at the
+    origin, shape ``(n, FEATURE_HOURS + 1)``. Returns ``(n - 1, len(FEATURE_NAMES))`` rows in
+    series order, the baseline's row left out.
     """
     logs = np.log(window)
     others = np.delete(np.arange(len(window)), baseline)
@@ -292,6 +292,16 @@ def study(table: pd.DataFrame, config: HeadroomConfig = HeadroomConfig()) -> dic
         }
         logger.info("%d h windows: %s decisions", hours,
                     {name: len(d.saving) for name, d in decisions.items()})
+        for name in ("training", "calibration"):
+            if len(decisions[name].saving) == 0:
+                low, high, _ = periods[name]
+                raise ValueError(
+                    f"no {hours}-hour placement decision falls in the {name} period "
+                    f"({low.isoformat()} to {high.isoformat()}): the study needs pools of two or "
+                    f"more series with prices from {FEATURE_HOURS} hours before an origin to "
+                    f"{hours} hours after it. Pass a later --cutoff (training origins end "
+                    f"{config.calibration_days} days before it) or prices that cover more time"
+                )
         classifier = fit_classifier(decisions["training"], config.seed)
         fitted = classifier.predict_proba(decisions["training"].features)[:, 1]
         thresholds = [float(np.quantile(fitted, 1 - share)) for share in config.switch_shares]
@@ -398,17 +408,25 @@ def conclusion(results: dict[str, Any]) -> list[str]:
         calibration = row["headroom"]["calibration"]
         best = best_win_rate(row["classifier"].get("calibration", []))
         after = best_win_rate(row["classifier"].get("evaluation", []))
-        verdict = ("reaches" if best is not None and best >= MIN_WIN_RATE else "stays below")
+        if best is None:
+            judged = "made fewer than 20 switches at every threshold, too few to judge"
+        else:
+            verdict = "reaches" if best >= MIN_WIN_RATE else "stays below"
+            judged = (f"won {_percent(best)} of its switches at best (thresholds with at least "
+                      f"20 of them), which {verdict} the {100 * MIN_WIN_RATE:g} % target")
         lines.append(
             f"- {_hours(window)} windows: the hindsight best beat \"cheapest right "
             f"now\" in {_percent(calibration['share'])} of the calibration decisions, and always "
             "choosing the series cheapest now cost "
             f"{_number(calibration['cheapest_now_extra_cost_percent'], 3)} more than the hindsight "
-            "best there. The classifier's best win rate on the calibration days (thresholds with "
-            f"at least 20 differing decisions) is {_percent(best)}, which {verdict} the "
-            f"{100 * MIN_WIN_RATE:g} % target; after the cut-off it is {_percent(after)}."
+            f"best there. On the calibration days the classifier {judged}. After the cut-off "
+            + (f"its best is {_percent(after)}." if after is not None
+               else "it made too few switches to judge.")
         )
     return lines
+
+
+PROG = "python -m spot_forecast.placement_headroom"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -417,19 +435,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     from spot_forecast.ingest import read_prices
 
     parser = argparse.ArgumentParser(
-        prog="python -m spot_forecast.placement_headroom",
+        prog=PROG,
         description="Measure how often any placement choice could beat \"cheapest right now\", "
         "and how a classifier with cross-series inputs does; write placement-headroom.md and "
         ".json.",
     )
     parser.add_argument("--data", type=Path, nargs="*", help="price files (default: settings)")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="report folder")
+    parser.add_argument("--cutoff", type=pd.Timestamp, default=DEV_CUTOFF,
+                        help="start of the evaluation period, a UTC time "
+                        f"(default {DEV_CUTOFF.isoformat()}, the bundled data's split)")
     args = parser.parse_args(argv)
+    cutoff = args.cutoff.tz_localize("UTC") if args.cutoff.tzinfo is None else args.cutoff
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = list(args.data or Settings().data_paths)
-    table, _ = read_prices(paths)
-    results = study(table)
+    try:
+        table, _ = read_prices(paths)
+        results = study(table, HeadroomConfig(cutoff=cutoff.tz_convert("UTC")))
+    except ValueError as error:  # unreadable prices, or none of the studied products
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "placement-headroom.json").write_text(json.dumps(results, indent=2) + "\n")
     source = ", ".join(p.name for p in paths)
