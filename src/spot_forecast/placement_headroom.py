@@ -343,7 +343,7 @@ def format_report(results: dict[str, Any], source: str) -> str:
         "product) groups, the products "
         f"{', '.join(setup['products'])}. The cut-off is {setup['cutoff']}, as in the decision "
         "backtest ([decisions.md](decisions.md)). A placement is one job over the window, "
-        "placed once on any series of its group; \"cheapest right now\" is the series with the "
+        "placed once on any series of its group. \"Cheapest right now\" is the series with the "
         "lowest price at the origin.",
         "",
         "## How often any choice could beat \"cheapest right now\"",
