@@ -258,6 +258,16 @@ def test_path_model_metadata_round_trip():
     assert loaded.risk_probability(0.25) == pytest.approx(0.15)
 
 
+def test_method_line_uses_stored_levels():
+    from spot_forecast.decision_backtest import sample_paths_entry
+
+    model = PathModel(cost_levels=((4.0, 0.06631, 0.50829, 0.95449),))
+    entry = sample_paths_entry(model, fitting={})
+    assert entry["cost_levels"] == [[4.0, 0.0663, 0.5083, 0.9545]]
+    # The bullet list prints the stored 0.9545 as 0.955, so the method line must print 0.955 too.
+    assert "4 h: 0.066, 0.508, 0.955" in entry["method"]
+
+
 @pytest.mark.parametrize("instance_type, pool", [
     ("m5.large", "m.large x86_64"),
     ("m5a.large", "m.large x86_64"),

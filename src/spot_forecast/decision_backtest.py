@@ -542,8 +542,7 @@ def replay(
             "config": {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v)
                        for k, v in asdict(config).items()},
         },
-        "sample_paths": {**path_model_metadata(model), "method": model.describe(),
-                         "fitting": fitting},
+        "sample_paths": sample_paths_entry(model, fitting),
         "job_cost": job_summary(job_table),
         "cheapest_window": {k: t.summary() for k, t in tallies.items() if k.startswith("window")},
         "placement": {k: t.summary() for k, t in tallies.items() if k.startswith("placement")},
@@ -571,6 +570,17 @@ def path_model_metadata(model: PathModel) -> dict[str, Any]:
         "rank_min_saving_percent": model.rank_min_saving_percent,
         "risk_max_rise_percent": model.risk_max_rise_percent,
     }
+
+
+def sample_paths_entry(model: PathModel, fitting: dict[str, Any]) -> dict[str, Any]:
+    """Return the report's ``sample_paths``: the model as stored, its method line and its fit.
+
+    The method line describes the rounded levels that the JSON keeps, so that it agrees with the
+    report's other lines (0.95449 is printed as 0.955 from its stored 0.9545 in both).
+    """
+    stored = path_model_metadata(model)
+    levels = tuple(tuple(row) for row in stored["cost_levels"])
+    return {**stored, "method": replace(model, cost_levels=levels).describe(), "fitting": fitting}
 
 
 def fit_path_model(batches: Sequence[OriginBatch], config: DecisionConfig
