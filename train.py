@@ -17,6 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from spot_forecast.config import Settings
 
 logger = logging.getLogger("train")
@@ -52,9 +54,18 @@ def main(argv: list[str] | None = None) -> int:
         }.items()
         if value is not None
     }
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        for problem in error.errors():
+            field = str(problem["loc"][0]) if problem["loc"] else "settings"
+            option = f"--{field.replace('_', '-')}" if field in overrides else field
+            logger.error("invalid %s %r: %s (option or SPOT_FORECAST_%s)", option,
+                         problem.get("input"), problem["msg"], field.upper())
+        return 2
     logger.info("settings: %s", settings.model_dump_json())
 
+    from spot_forecast.archive import ArchiveError
     from spot_forecast.training import format_metrics_table, train
 
     if args.paths and args.archive:
@@ -63,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(settings, paths=args.paths or None, archive=args.archive,
                        save=not args.no_save)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ArchiveError) as error:
         logger.error("training failed: %s", error)
         return 1
 

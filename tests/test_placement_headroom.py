@@ -181,3 +181,11 @@ def test_main_writes_both_reports(tmp_path):
     assert results["setup"]["cutoff"] == "2023-12-29T00:00:00+00:00"
     assert results["windows"]["24h"]["headroom"]["calibration"]["decisions"] > 0
     assert "# Placement headroom" in (tmp_path / "placement-headroom.md").read_text()
+
+
+def test_cutoff_after_prices_asks_earlier(tmp_path, capsys):
+    prices = ROOT / "tests" / "data" / "real" / "spot_price_history.csv"
+    assert main(["--data", str(prices), "--out", str(tmp_path), "--cutoff", "2030-01-01"]) == 2
+    error = capsys.readouterr().err
+    assert "is after the last price" in error
+    assert "pass an earlier --cutoff" in error

@@ -48,3 +48,18 @@ def test_unreadable_file_fails_cleanly(tmp_path, tiny_settings):
     bad = tmp_path / "prices.csv"
     bad.write_text("Timestamp,Region,SpotPrice\n2024-05-10T00:00:00Z,us-east-1,0.03\n")
     assert train.main([str(bad), *TINY]) == 1
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--epochs", "0", "greater than or equal to 1"),
+    ("--horizon", "300", "less than or equal to 168"),
+])
+def test_out_of_range_option_exits_2(option, value, words, caplog):
+    assert train.main([option, value]) == 2
+    assert f"invalid {option} {int(value)!r}" in caplog.text
+    assert words in caplog.text
+
+
+def test_missing_archive_fails_cleanly(tmp_path, caplog, tiny_settings):
+    assert train.main(["--archive", str(tmp_path / "no-archive"), *TINY]) == 1
+    assert "no-archive" in caplog.text

@@ -79,6 +79,19 @@ def test_page_draws_fan_chart(chromium, served, tmp_path):
     assert "returned" not in dom  # no API error shown in a status line
 
 
+def test_flat_series_plain_price_ticks(chromium, served, tmp_path):
+    # eu-west-1a m5.large kept one price through its last week. The axis spans at least 2 % of
+    # that price, with plain tick labels, however narrow the forecast band is.
+    flat = "eu-west-1a/m5.large/Linux/UNIX"
+    dom = dump_dom(chromium, f"{served.url}/ui/?series={flat}&horizon=24", tmp_path / "profile")
+    assert 'data-state="drawn"' in dom
+    ticks = re.findall(r'text-anchor="end"[^>]*>(\d+\.\d+)<', dom)
+    assert len(ticks) == 6
+    assert max(len(tick.split(".")[1]) for tick in ticks) <= 5
+    values = [float(tick) for tick in ticks]
+    assert values[-1] - values[0] >= 0.015 * values[0]
+
+
 def test_page_shows_api_error(chromium, served, tmp_path):
     dom = dump_dom(chromium, f"{served.url}/ui/?series=eu-west-1a/m5.larg/Linux/UNIX",
                    tmp_path / "profile")

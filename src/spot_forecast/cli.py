@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from .config import Settings
@@ -398,7 +399,7 @@ def _add_history_command(commands: argparse._SubParsersAction) -> None:
         help="ISO 8601 UTC time (2024-05-10T00:00Z) or age (7d, 12h)",
     )
     history.add_argument(
-        "--plot", type=Path, metavar="PNG", help="also draw the series to this file"
+        "--plot", type=_output_file, metavar="PNG", help="also draw the series to this file"
     )
     history.add_argument(
         "--archive", type=Path, help="archive folder (default: settings archive_path)"
@@ -442,18 +443,47 @@ def _run_history(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def plot_series(frame: pd.DataFrame, path: Path, *, title: str) -> None:
-    """Draw prices as a step line (a price is in force until the next record) and save an image."""
+#: Smallest y-range of a price chart, as a share of the mean price drawn. Spot prices often stay
+#: flat for days, and without a floor the axis would magnify float noise into a wide fan.
+MIN_PRICE_SPAN = 0.02
+
+
+def format_price_axes(axes, prices: np.ndarray) -> None:
+    """Label a price chart with plain USD values and concise UTC dates.
+
+    The y-range is widened to at least ``MIN_PRICE_SPAN`` of the mean price, centred on it.
+    """
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator()
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    prices_formatter = axes.yaxis.get_major_formatter()
+    prices_formatter.set_useOffset(False)
+    prices_formatter.set_scientific(False)
+    low, high = axes.get_ylim()
+    middle = float(np.nanmean(prices))
+    if high - low < MIN_PRICE_SPAN * middle:
+        axes.set_ylim(middle * (1 - MIN_PRICE_SPAN / 2), middle * (1 + MIN_PRICE_SPAN / 2))
+    axes.set_xlabel("time (UTC)")
+    axes.set_ylabel("USD per instance-hour")
+    axes.grid(alpha=0.3)
+
+
+def plot_series(frame: pd.DataFrame, path: Path, *, title: str):
+    """Draw prices as a step line (a price is in force until the next record) and save an image.
+
+    Returns the matplotlib figure.
+    """
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10, 4), layout="constrained")
     axes = figure.subplots()
     axes.step(frame["ds"], frame["y"], where="post")
     axes.set_title(title)
-    axes.set_xlabel("time (UTC)")
-    axes.set_ylabel("USD per instance-hour")
-    axes.grid(alpha=0.3)
+    format_price_axes(axes, frame["y"].to_numpy())
     figure.savefig(path, dpi=100)
+    return figure
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,7 +495,7 @@ def _add_plot_command(commands: argparse._SubParsersAction) -> None:
         "plot",
         help="draw a series' forecast fan chart as a PNG",
         description="Forecast a series that the stored model has history for, in this process, and "
-        "draw its recent history, the median and the 80 %% and 90 %% intervals, as the /ui page "
+        "draw its recent history, the median and the 80 % and 90 % intervals, as the /ui page "
         "does.",
     )
     plot.add_argument("series_id", metavar="SERIES_ID", help="e.g. eu-west-1a/m5.large/Linux/UNIX")
@@ -473,7 +503,8 @@ def _add_plot_command(commands: argparse._SubParsersAction) -> None:
                       help="hours to forecast, 1 to the model's horizon (default 72)")
     plot.add_argument("--history-hours", type=_positive_int, default=168,
                       help="hours of history to draw (default 168)")
-    plot.add_argument("--out", type=Path, help="PNG file (default: SERIES_ID with / as _ .png)")
+    plot.add_argument("--out", type=_output_file,
+                      help="PNG file (default: SERIES_ID with / as _ .png)")
     plot.add_argument("--model", help="model tag (default: SPOT_FORECAST_MODEL_TAG, else "
                       "<model_name>:latest)")
     plot.set_defaults(handler=_run_plot)
@@ -507,7 +538,7 @@ def _run_plot(args: argparse.Namespace, settings: Settings) -> int:
     if args.horizon > bundle.horizon:
         print(f"spot-forecast: error: --horizon is {args.horizon}; model {bundle.tag} forecasts "
               f"1 to {bundle.horizon} hours", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_USAGE
 
     predictor = Predictor(bundle.model, bundle.lookback)
     (forecast,) = forecast_histories(
@@ -521,8 +552,11 @@ def _run_plot(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def plot_fan_chart(history: pd.Series, forecast, path: Path, *, title: str) -> None:
-    """Draw hourly history as steps, then the forecast median and its 80 % and 90 % bands."""
+def plot_fan_chart(history: pd.Series, forecast, path: Path, *, title: str):
+    """Draw hourly history as steps, then the forecast median and its 80 % and 90 % bands.
+
+    Returns the matplotlib figure.
+    """
     from matplotlib.figure import Figure
 
     levels = list(forecast.quantiles)
@@ -542,11 +576,10 @@ def plot_fan_chart(history: pd.Series, forecast, path: Path, *, title: str) -> N
     axes.plot(times, with_last(0.5), color="#1565c0", linewidth=2, label="median")
     axes.axvline(forecast.last_ds, color="#888888", linestyle="--", linewidth=1)
     axes.set_title(title)
-    axes.set_xlabel("time (UTC)")
-    axes.set_ylabel("USD per instance-hour")
-    axes.grid(alpha=0.3)
+    format_price_axes(axes, np.concatenate([history.to_numpy(), forecast.median]))
     axes.legend(loc="upper left")
     figure.savefig(path, dpi=100)
+    return figure
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,6 +607,20 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _output_file(text: str) -> Path:
+    """Accept a file path whose folder exists, so a command fails before its work, not after."""
+    path = Path(text)
+    folder = path.parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"folder {str(folder)!r} of {text!r} does not exist; create it or write elsewhere"
+        )
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name such as "
+                                         f"{str(path / 'chart.png')!r}")
+    return path
 
 
 def _time_argument(text: str) -> pd.Timestamp:

@@ -1102,7 +1102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--train", action="store_true",
                         help=f"first train {DEV_MODEL_NAME} on data before the cut-off "
                         "(about 9 minutes on 2 cores)")
-    parser.add_argument("--data", type=Path, nargs="*", help="price files (default: settings)")
+    parser.add_argument("--data", type=Path, nargs="+", help="price files (default: settings)")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="report folder")
     parser.add_argument("--groups", type=int, default=DecisionConfig.groups,
                         help="(pool, product) groups to sample, each with all its instance "

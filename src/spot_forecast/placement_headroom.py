@@ -9,9 +9,9 @@ network:
   the origin. The study counts how often another series of the group turns out strictly cheaper
   over the next 24 or 72 hours, and by how much. A forecast can only win where this happens.
 * **A direct cross-series classifier.** A gradient-boosted classifier reads features of each pair
-  (series cheapest now, other series of its group) from the two price histories: the price gap
-  now, each side's change over 6 to 168 hours, how often each changed, how much of the last week
-  the other was the cheaper, and the gap of their weekly means. It predicts whether the other
+  (series cheapest now, other series of its group) from the two price histories. They are the
+  price gap now, each side's change over 6 to 168 hours, how often each changed, how much of the
+  last week the other was the cheaper, and the gap of their weekly means. It predicts whether the other
   series will cost strictly less over the window. It is trained on origins before the 14
   calibration days, and its choices (switch to the most probable candidate when the probability
   clears a threshold) are judged on the calibration days and, with no refit, after the cut-off.
@@ -299,8 +299,7 @@ def study(table: pd.DataFrame, config: HeadroomConfig = HeadroomConfig()) -> dic
                     f"no {hours}-hour placement decision falls in the {name} period "
                     f"({low.isoformat()} to {high.isoformat()}): the study needs pools of two or "
                     f"more series with prices from {FEATURE_HOURS} hours before an origin to "
-                    f"{hours} hours after it. Pass a later --cutoff (training origins end "
-                    f"{config.calibration_days} days before it) or prices that cover more time"
+                    f"{hours} hours after it. " + cutoff_advice(config, prices.start, grid_end)
                 )
         classifier = fit_classifier(decisions["training"], config.seed)
         fitted = classifier.predict_proba(decisions["training"].features)[:, 1]
@@ -316,6 +315,16 @@ def study(table: pd.DataFrame, config: HeadroomConfig = HeadroomConfig()) -> dic
         results["windows"][f"{hours}h"] = row
     results["seconds"] = round(time.perf_counter() - started, 1)
     return results
+
+
+def cutoff_advice(config: HeadroomConfig, start: pd.Timestamp, end: pd.Timestamp) -> str:
+    """Say which way to move a cut-off that leaves a period of the study empty."""
+    span = f"the prices run from {start.isoformat()} to {end.isoformat()}"
+    if config.cutoff > end:
+        return (f"The cut-off {config.cutoff.isoformat()} is after the last price ({span}): pass an "
+                "earlier --cutoff")
+    return (f"Pass a later --cutoff ({span}, and training origins end "
+            f"{config.calibration_days} days before the cut-off) or prices that cover more time")
 
 
 def best_win_rate(rows: Sequence[dict[str, Any]], min_differing: int = 20) -> float | None:
@@ -440,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and how a classifier with cross-series inputs does; write placement-headroom.md and "
         ".json.",
     )
-    parser.add_argument("--data", type=Path, nargs="*", help="price files (default: settings)")
+    parser.add_argument("--data", type=Path, nargs="+", help="price files (default: settings)")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="report folder")
     parser.add_argument("--cutoff", type=pd.Timestamp, default=DEV_CUTOFF,
                         help="start of the evaluation period, a UTC time "

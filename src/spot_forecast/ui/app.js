@@ -7,6 +7,9 @@ const HOUR_MS = 3600 * 1000;
 const HISTORY_HOURS = 168;
 const CHART = { width: 900, height: 370, left: 72, right: 16, top: 26, bottom: 36 };
 const DEFAULT_SERIES = "eu-west-1a/m5.large/Linux/UNIX";
+// Smallest y-range, as a share of the prices drawn. Spot prices often stay flat for days, and
+// without a floor the axis would magnify float noise into a wide fan (`spot-forecast plot` too).
+const MIN_PRICE_SPAN = 0.02;
 
 const state = { forecast: null, history: null };
 
@@ -141,9 +144,10 @@ function drawChart(history, forecast, best) {
 
   const low = Math.min(...prices, ...steps.map((s) => quantile(s, "0.05")));
   const high = Math.max(...prices, ...steps.map((s) => quantile(s, "0.95")));
-  const pad = (high - low) * 0.08 || high * 0.05;
-  const yMin = Math.max(0, low - pad);
-  const yMax = high + pad;
+  const middle = (low + high) / 2;
+  const half = Math.max((high - low) * 1.16, middle * MIN_PRICE_SPAN) / 2;
+  const yMin = Math.max(0, middle - half);
+  const yMax = middle + half;
   const xMin = times[0];
   const xMax = stepTimes[stepTimes.length - 1] + HOUR_MS;
   const x = (t) => CHART.left + ((t - xMin) / (xMax - xMin)) * (CHART.width - CHART.left - CHART.right);
