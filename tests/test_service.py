@@ -138,6 +138,19 @@ def test_unknown_series_names_matches(client):
     assert "eu-west-1a/m5.large/Linux/UNIX" in response.json()["error"]
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/forecast", {"series_id": "m5.large"}),
+    ("/forecast", {"series_id": "m5.large", "history": [0.03, 0.04]}),
+    ("/job_cost", {"series_id": "m5.large", "duration_hours": 4}),
+])
+def test_malformed_series_id_is_400(client, path, body):
+    response = client.post(path, json=body)
+    assert response.status_code == 400
+    message = response.json()["error"]
+    assert "'m5.large'" in message
+    assert "eu-west-1a/m5.large/Linux/UNIX" in message
+
+
 def test_missing_product_names_existing(client):
     # C03: the data has other products of the type, never a silent fallback.
     response = client.post(

@@ -60,6 +60,15 @@ from spot_forecast.serving import (
 
 #: Most series one ``/rank`` request may expand to (zones x instance types x products).
 MAX_RANK_SERIES = 1000
+#: Expected costs closer than this share of a reference cost rank as equal, so that ties go to
+#: the earlier start or the series cheaper now. The network's float32 outputs carry about seven
+#: significant digits, so smaller differences are rounding, not forecast.
+RANK_RESOLUTION = 1e-6
+
+
+def cost_rank(expected: float, reference: float) -> int:
+    """Return ``expected`` in steps of ``RANK_RESOLUTION`` times ``reference``, for sorting."""
+    return round(expected / (max(reference, 1e-12) * RANK_RESOLUTION))
 
 
 @dataclass
@@ -233,8 +242,9 @@ class Planner:
 
             # Ties go to the earlier start, then to the series cheaper right now.
             last_price = {forecast.unique_id: forecast.last_y for forecast in forecasts}
-            options.sort(key=lambda o: (o.cost.expected, o.start, last_price[o.unique_id]))
             base_cost = baseline.cost.expected
+            options.sort(key=lambda o: (cost_rank(o.cost.expected, base_cost), o.start,
+                                        last_price[o.unique_id]))
             ranked = [
                 WindowOption(
                     rank=rank, unique_id=o.unique_id, start=o.start.to_pydatetime(),
@@ -316,7 +326,9 @@ class Planner:
                     end=(start + request.hours * HOUR).to_pydatetime(), cost=cost_model(summary),
                 ))
             # Ties go to the candidate cheaper right now.
-            placements.sort(key=lambda p: (p.cost.expected, p.last_price, p.unique_id))
+            reference = min((p.cost.expected for p in placements), default=1.0)
+            placements.sort(key=lambda p: (cost_rank(p.cost.expected, reference), p.last_price,
+                                           p.unique_id))
             for rank, placement in enumerate(placements, start=1):
                 placement.rank = rank
             margin = self._margin(request.min_saving_percent,

@@ -328,16 +328,21 @@ class ForecastApp:
     # Series and model information -----------------------------------------------------------
 
     def find_series(self, unique_id: str) -> Series:
-        """Return the stored series, or raise SeriesNotFound naming close matches."""
+        """Return the stored series, or raise SeriesNotFound naming close matches.
+
+        An id that is not ``zone/type/product`` at all raises RequestError (400), as it does
+        when it labels a client history.
+        """
         if unique_id in self.history:
             return self.history[unique_id]
+        try:
+            split_series_id(unique_id)
+        except ValueError as error:
+            raise RequestError(str(error)) from None
         raise SeriesNotFound(self._not_found_message(unique_id))
 
     def _not_found_message(self, unique_id: str) -> str:
-        try:
-            zone, instance_type, product = split_series_id(unique_id)
-        except ValueError as error:
-            return str(error)
+        zone, instance_type, product = split_series_id(unique_id)
         same_type = sorted(
             uid for uid in self.history
             if uid.startswith(f"{zone}/{instance_type}/")
