@@ -21,7 +21,12 @@ from starlette.responses import JSONResponse
 
 from spot_forecast.archive import ArchiveError
 from spot_forecast.config import Settings
-from spot_forecast.http_limits import BodySizeLimit, FormBodyRejection, quiet_client_errors
+from spot_forecast.http_limits import (
+    BodySizeLimit,
+    FormBodyRejection,
+    ReadableValidationErrors,
+    quiet_client_errors,
+)
 from spot_forecast.schemas import (
     ForecastManyRequest,
     ForecastManyResponse,
@@ -175,12 +180,16 @@ class SpotForecast:
         """The last hours of a stored series, oldest first."""
         try:
             return self.planner.history(HistoryRequest.model_construct(**fields))
-        except SeriesNotFound as error:
+        except (RequestError, SeriesNotFound) as error:
             return error_response(error)
 
 
 SpotForecast.add_asgi_middleware(BodySizeLimit, max_body_bytes=SETTINGS.max_body_bytes)
 SpotForecast.add_asgi_middleware(FormBodyRejection)
+SpotForecast.add_asgi_middleware(ReadableValidationErrors, models=(
+    ForecastRequest, ForecastManyRequest, PredictRequest, SeriesFilter, JobCostRequest,
+    CheapestWindowRequest, RankRequest, PriceRiskRequest, HistoryRequest,
+))
 # The web page at /ui, served by the same process; it calls the JSON API above.
 SpotForecast.mount_asgi_app(create_ui_app(), path="/ui")
 

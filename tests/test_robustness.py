@@ -159,7 +159,7 @@ BAD_BODIES = [
     bad("/forecast", {"series_id": "eu-west-1a/m5.large/Linux/UNIX (Amazon VPC)"}, 404,
         "no data for product 'Linux/UNIX (Amazon VPC)'", "products with data",
         id="series-unknown-product"),
-    bad("/forecast", {"series_id": "m5.large"}, 404, "'m5.large'",
+    bad("/forecast", {"series_id": "m5.large"}, 400, "'m5.large'",
         "<availability_zone>/<instance_type>/<product_description>", id="series-malformed"),
     bad("/forecast", {"series_id": "a/b", "history": [0.03]}, 400, "'a/b'",
         "<availability_zone>/<instance_type>/<product_description>",

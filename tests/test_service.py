@@ -314,3 +314,40 @@ def test_refresh_without_archive_fails_cleanly(service_module, tmp_path, monkeyp
     response = svc.refresh()
     assert response.status_code == 400
     assert b"missing" in response.body
+
+
+@pytest.mark.parametrize("path, body, words", [
+    ("/job_cost", {"series_id": SERIES}, ["duration_hours is missing", "Run time in hours"]),
+    ("/job_cost", {"series_id": SERIES, "duration_hours": 4, "start": "tomorrow"},
+     ["start is invalid", "2024-05-10T06:00:00Z"]),
+    ("/job_cost", {"series_id": SERIES, "duration_hours": "four"},
+     ["duration_hours is invalid", "valid number", "at most 168"]),
+    ("/forecast", {"series_id": SERIES, "hrizon": 3},
+     ["hrizon is not a field", "did you mean horizon?"]),
+    ("/cheapest_window", {"candidates": [SERIES], "duration_hours": 4, "deadline_hours": 24},
+     ["candidates[0] is invalid", "an object with a series_id"]),
+])
+def test_validation_errors_say_what_to_send(client, path, body, words):
+    response = client.post(path, json=body)
+    assert response.status_code == 400
+    payload = response.json()
+    for word in words:
+        assert word in payload["error"]
+    assert "IODescriptor" not in payload["error"]
+    assert payload["detail"]  # BentoML's details stay for programs
+
+
+def test_two_validation_errors_both_named(client):
+    response = client.post("/rank", json={"instance_types": "m5.large"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "hours is missing" in error
+    assert "instance_types is invalid" in error
+
+
+def test_other_400_bodies_pass_unchanged():
+    from spot_forecast.http_limits import readable_validation_body
+
+    body = b'{"error": "history[1] is null; send a positive price in USD per hour"}'
+    assert readable_validation_body(body, {}) == body
+    assert readable_validation_body(b"not json", {}) == b"not json"

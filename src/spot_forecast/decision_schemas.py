@@ -148,7 +148,8 @@ class CheapestWindowRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     candidates: list[SeriesSource] = Field(
-        description=f"Series to choose from, 1 to {MAX_CANDIDATES}, each as in POST /job_cost."
+        description=f"Series to choose from, 1 to {MAX_CANDIDATES}, each an object with a "
+        "series_id or a history and history_end, as in POST /job_cost."
     )
     duration_hours: float = Field(description="Run time in hours, greater than 0, at most 168.")
     earliest_start: datetime | None = Field(

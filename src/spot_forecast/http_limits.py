@@ -1,13 +1,16 @@
 """HTTP edges of the service: bodies BentoML should not parse, and how rejected requests are logged.
 
-The middleware rejects bodies that are too large or forms. ``quiet_client_errors`` keeps
-BentoML from logging a rejected request as a server error with a traceback.
+The middleware rejects bodies that are too large or forms, and rewrites the headline of
+BentoML's validation errors into what to send. ``quiet_client_errors`` keeps BentoML from
+logging a rejected request as a server error with a traceback.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import re
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +105,116 @@ class FormBodyRejection:
             )
             return
         await self.app(scope, receive, send)
+
+
+class ReadableValidationErrors:
+    """Rewrite the headline of BentoML's 400 answers to failed validation into what to send.
+
+    BentoML responds ``{"error": "1 validation error for JobCostRequestIODescriptor", "detail":
+    [...]}``: the headline names an internal class and the details say "Field required" or
+    "Input should be a valid number" without the field's meaning. The new headline names each
+    field, the value received and the field's description from the request model, and suggests
+    the closest field for an unknown one. ``detail`` stays as BentoML sent it.
+    """
+
+    def __init__(self, app, models=()):
+        self.app = app
+        self.models = {model.__name__: model for model in models}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def rewriting_send(message):
+            nonlocal response_start
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                response_start = message  # wait for the body, whose length may change
+                return
+            if response_start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = readable_validation_body(b"".join(chunks), self.models)
+            headers = [(name, value) for name, value in response_start.get("headers", [])
+                       if name.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**response_start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, rewriting_send)
+
+
+_VALIDATION_HEADLINE = re.compile(r"^\d+ validation errors? for (\w+?)(?:IODescriptor)?$")
+#: Time fields get this example, as pydantic's messages give none.
+_TIME_EXAMPLE = "send a UTC time in ISO 8601, such as 2024-05-10T06:00:00Z"
+
+
+def readable_validation_body(body: bytes, models: dict) -> bytes:
+    """Return ``body`` with a readable headline if it is BentoML's validation error body."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(payload, dict) or not isinstance(payload.get("detail"), list):
+        return body
+    match = _VALIDATION_HEADLINE.match(str(payload.get("error", "")))
+    if match is None:
+        return body
+    model = models.get(match.group(1))
+    problems = [describe_problem(entry, model) for entry in payload["detail"]
+                if isinstance(entry, dict)]
+    payload["error"] = "; ".join(problems) or payload["error"]
+    return json.dumps(payload).encode()
+
+
+def describe_problem(entry: dict, model) -> str:
+    """Describe one pydantic error in a sentence: the field, what was wrong, what to send."""
+    location = entry.get("loc") or []
+    field = _location_text(location)
+    top = location[0] if location else None
+    fields = getattr(model, "model_fields", {})
+    info = fields.get(top) if isinstance(top, str) else None
+    hint = info.description if info is not None and info.description else ""
+    kind = str(entry.get("type", ""))
+    message = str(entry.get("msg", "is invalid"))
+    if kind == "missing":
+        text = f"{field} is missing"
+    elif kind == "extra_forbidden":
+        close = difflib.get_close_matches(str(top), list(fields), n=1)
+        text = f"{field} is not a field of this request"
+        hint = f"did you mean {close[0]}?" if close else f"fields: {', '.join(fields)}"
+    elif kind == "value_error":
+        text = message.removeprefix("Value error, ")
+        hint = ""  # the project's own validators already name what to send
+    else:
+        text = f"{field} is invalid: {message}"
+        if "input" in entry:  # BentoML leaves the value out of its details
+            text += f", got {_short_repr(entry['input'])}"
+    if kind.startswith(("datetime", "date")):
+        hint = f"{_TIME_EXAMPLE}. {hint}".strip()
+    return f"{text} ({hint})" if hint else text
+
+
+def _location_text(location) -> str:
+    text = ""
+    for part in location:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif text:
+            text += f".{part}"
+        else:
+            text = str(part)
+    return text or "the request body"
+
+
+def _short_repr(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 async def send_error(send, status: int, message: str) -> None:
