@@ -18,7 +18,7 @@ export TF_CPP_MIN_LOG_LEVEL
 OTEL_SDK_DISABLED ?= true
 export OTEL_SDK_DISABLED
 
-.PHONY: install model run test build clean
+.PHONY: install install-evaluate model run test build clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,12 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c requirements.lock -e ".[test]"
 	touch $@
+
+# The AutoETS baseline of `spot-forecast evaluate`. statsforecast declares pandas<3 but runs on
+# the locked pandas 3, so it is installed first and the locked pandas put back after it.
+install-evaluate: install
+	$(BIN)/pip install --quiet statsforecast==2.1.1
+	$(BIN)/pip install --quiet -c requirements.lock pandas
 
 model: install
 	@$(BIN)/bentoml models get $(MODEL_NAME):latest > /dev/null 2>&1 \

@@ -267,8 +267,9 @@ def run_backtest(
         import statsforecast  # noqa: F401
     except ImportError:
         ets_count = 0
-        ets_skipped = ("statsforecast is not installed; install it with "
-                       "`pip install 'ec2-spot-forecast[evaluate]'`")
+        ets_skipped = ("statsforecast is not installed; install it with `make install-evaluate` "
+                       "(it keeps the locked pandas 3, which statsforecast's own pins would "
+                       "replace)")
         logger.warning("AutoETS is left out: %s", ets_skipped)
     ets_ids = set(ets_rng.choice([s.unique_id for s in series], size=ets_count, replace=False))
     fan_ids, fan_origin = choose_fan_series(series, config, panel)
