@@ -33,6 +33,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 install-evaluate: install
 	$(BIN)/pip install --quiet statsforecast==2.1.1
 	$(BIN)/pip install --quiet -c requirements.lock pandas
+	@echo "pip's note that statsforecast requires pandas<3 is expected: AutoETS runs on pandas 3."
 
 model: install
 	@$(BIN)/bentoml models get $(MODEL_NAME):latest > /dev/null 2>&1 \
