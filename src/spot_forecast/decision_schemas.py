@@ -422,7 +422,12 @@ class HistoryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     series_id: str = Field(description="Series id, see POST /series.")
-    hours: int = Field(168, description=f"Hours of history, 1 to {MAX_HISTORY_HOURS}.")
+    hours: int = Field(
+        168,
+        description=f"Hours of history, 1 to {MAX_HISTORY_HOURS}. The answer holds at most the "
+        "hours the service stores per series (history_hours, 336 by default), fewer for a "
+        "series that began later.",
+    )
 
     @field_validator("hours")
     @classmethod
