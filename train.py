@@ -39,6 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def fail(message: str) -> None:
+    """Print one error line to stderr, as the spot-forecast commands do."""
+    print(f"train.py: error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -60,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in error.errors():
             field = str(problem["loc"][0]) if problem["loc"] else "settings"
             option = f"--{field.replace('_', '-')}" if field in overrides else field
-            logger.error("invalid %s %r: %s (option or SPOT_FORECAST_%s)", option,
-                         problem.get("input"), problem["msg"], field.upper())
+            fail(f"invalid {option} {problem.get('input')!r}: {problem['msg']} "
+                 f"(option or SPOT_FORECAST_{field.upper()})")
         return 2
     logger.info("settings: %s", settings.model_dump_json())
 
@@ -69,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     from spot_forecast.training import format_metrics_table, train
 
     if args.paths and args.archive:
-        logger.error("give price files or --archive, not both")
+        fail("give price files or --archive, not both")
         return 2
     try:
         result = train(settings, paths=args.paths or None, archive=args.archive,
                        save=not args.no_save)
     except (ValueError, FileNotFoundError, ArchiveError) as error:
-        logger.error("training failed: %s", error)
+        fail(f"training failed: {error}")
         return 1
 
     print()

@@ -54,12 +54,15 @@ def test_unreadable_file_fails_cleanly(tmp_path, tiny_settings):
     ("--epochs", "0", "greater than or equal to 1"),
     ("--horizon", "300", "less than or equal to 168"),
 ])
-def test_out_of_range_option_exits_2(option, value, words, caplog):
+def test_out_of_range_option_exits_2(option, value, words, capsys):
     assert train.main([option, value]) == 2
-    assert f"invalid {option} {int(value)!r}" in caplog.text
-    assert words in caplog.text
+    error = capsys.readouterr().err
+    assert f"invalid {option} {int(value)!r}" in error
+    assert words in error
 
 
-def test_missing_archive_fails_cleanly(tmp_path, caplog, tiny_settings):
+def test_missing_archive_fails_cleanly(tmp_path, capsys, tiny_settings):
     assert train.main(["--archive", str(tmp_path / "no-archive"), *TINY]) == 1
-    assert "no-archive" in caplog.text
+    error = capsys.readouterr().err
+    assert "train.py: error: training failed" in error
+    assert "no-archive" in error
