@@ -211,7 +211,8 @@ def fit_classifier(decisions: Decisions, seed: int):
     """Fit the gradient-boosted pair classifier on training decisions.
 
     Shallow trees with large leaves and an L2 penalty: deeper trees fitted the few hundred
-    training crossings closely and chose worse on the calibration days.
+    training crossings closely and chose worse on the calibration days. Because those days chose
+    the settings, the figures after the cut-off are the clean test.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
