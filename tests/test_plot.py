@@ -35,6 +35,15 @@ def test_plot_unknown_series_fails(small_model_tag, tmp_path: Path, capsys) -> N
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_misspelt_series_names_matches(small_model_tag, tmp_path: Path, capsys) -> None:
+    code = main(["plot", "eu-west-1a/m5.larg/Linux/UNIX", "--model", small_model_tag,
+                 "--out", str(tmp_path / "x.png")])
+    assert code == EXIT_FAILED
+    error = capsys.readouterr().err
+    assert "close matches:" in error
+    assert SERIES in error
+
+
 def test_plot_horizon_beyond_model(small_model_tag, tmp_path: Path, capsys) -> None:
     code = main(["plot", SERIES, "--model", small_model_tag, "--horizon", "500",
                  "--out", str(tmp_path / "x.png")])

@@ -529,9 +529,16 @@ def _run_plot(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_FAILED
     series = bundle.history.get(args.series_id)
     if series is None:
+        import difflib
+
         similar = [uid for uid in bundle.history if uid.split("/", 1)[-1] ==
                    args.series_id.split("/", 1)[-1]]
-        hint = f"; series of the same type and product: {', '.join(sorted(similar))}" if similar else ""
+        if similar:
+            hint = f"; series of the same type and product: {', '.join(sorted(similar))}"
+        else:
+            close = difflib.get_close_matches(args.series_id, list(bundle.history), n=5,
+                                              cutoff=0.6)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
         print(f"spot-forecast: error: model {bundle.tag} holds no history for series "
               f"{args.series_id!r}{hint}", file=sys.stderr)
         return EXIT_FAILED
