@@ -191,18 +191,13 @@ def test_cutoff_after_prices_asks_earlier(tmp_path, capsys):
     assert "pass an earlier --cutoff" in error
 
 
-SHARED_REAL = ROOT.parent / "shared" / "data" / "real"
 
-
-def test_bidding_era_prices_leave_room_to_win():
+def test_bidding_era_prices_leave_room():
     # us-east-1 in 2016, before AWS smoothed Spot prices: zones and types crossed often, and the
     # same study then finds a classifier that beats "cheapest right now".
-    folder = SHARED_REAL / "hshazly"
-    if not folder.is_dir():
-        pytest.skip(f"shared data folder is missing: {folder}")
     from spot_forecast.ingest import read_prices
 
-    table, _ = read_prices([folder])
+    table, _ = read_prices([ROOT / "tests" / "data" / "real" / "us-east-1-2016"])
     results = study(table, HeadroomConfig(cutoff=pd.Timestamp("2016-04-11T00:00Z")))
     for window in ("24h", "72h"):
         row = results["windows"][window]
