@@ -166,7 +166,7 @@ def ratio(numerator: int, denominator: int) -> float | None:
 
 
 def pool_of(instance_type: str) -> str:
-    """The pool of instance types a flexible job can swap between, such as ``m.large x86_64``.
+    """Return the pool of types a flexible job can swap between, such as ``m.large x86_64``.
 
     A pool contains the types of one family class (the letters before the generation: m, c, r, t,
     ...), one size and one CPU architecture, as an EC2 Fleet with instance-type flexibility would

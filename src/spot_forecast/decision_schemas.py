@@ -424,8 +424,8 @@ class HistoryRequest(BaseModel):
     series_id: str = Field(description="Series id, see POST /series.")
     hours: int = Field(
         168,
-        description=f"Hours of history, 1 to {MAX_HISTORY_HOURS}. The answer holds at most the "
-        "hours the service stores per series (history_hours, 336 by default), fewer for a "
+        description=f"Hours of history, 1 to {MAX_HISTORY_HOURS}. The response contains at most "
+        "the hours the service stores per series (history_hours, 336 by default), fewer for a "
         "series that began later.",
     )
 

@@ -108,10 +108,10 @@ class FormBodyRejection:
 
 
 class ReadableValidationErrors:
-    """Rewrite the headline of BentoML's 400 answers to failed validation into what to send.
+    """Rewrite the headline of BentoML's 400 responses to failed validation into what to send.
 
     BentoML responds ``{"error": "1 validation error for JobCostRequestIODescriptor", "detail":
-    [...]}``: the headline names an internal class and the details say "Field required" or
+    [...]}``: the headline names an internal class and the details read "Field required" or
     "Input should be a valid number" without the field's meaning. The new headline names each
     field, the value received and the field's description from the request model, and suggests
     the closest field for an unknown one. ``detail`` stays as BentoML sent it.

@@ -11,8 +11,8 @@ network:
 * **A direct cross-series classifier.** A gradient-boosted classifier reads features of each pair
   (series cheapest now, other series of its group) from the two price histories. They are the
   price gap now, each side's change over 6 to 168 hours, how often each changed, how much of the
-  last week the other was the cheaper, and the gap of their weekly means. It predicts whether the other
-  series will cost strictly less over the window. It is trained on origins before the 14
+  last week the other was the cheaper, and the gap of their weekly means. It predicts whether
+  the other series will cost strictly less over the window. It is trained on origins before the 14
   calibration days, and its choices (switch to the most probable candidate when the probability
   clears a threshold) are judged on the calibration days and, with no refit, after the cut-off.
 
@@ -39,7 +39,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spot_forecast.decision_backtest import COST_TOLERANCE, DEV_CUTOFF, MIN_WIN_RATE, pool_groups
+from spot_forecast.decision_backtest import (
+    COST_TOLERANCE,
+    DEV_CUTOFF,
+    MIN_WIN_RATE,
+    format_percent,
+    pool_groups,
+)
 from spot_forecast.grid import Panel, to_panel
 from spot_forecast.series import split_series_id
 
@@ -208,7 +214,7 @@ def headroom(decisions: Decisions) -> dict[str, Any]:
 
 
 def fit_classifier(decisions: Decisions, seed: int):
-    """Fit the gradient-boosted pair classifier on training decisions.
+    """Fit the gradient-boosted pair classifier on training decisions with at least one crossing.
 
     Shallow trees with large leaves and an L2 penalty: deeper trees fitted the few hundred
     training crossings closely and chose worse on the calibration days. Because those days chose
@@ -216,9 +222,6 @@ def fit_classifier(decisions: Decisions, seed: int):
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    if decisions.beats.sum() == 0:
-        raise ValueError("the training origins hold no placement that beat cheapest right now; "
-                         "there is nothing to learn")
     model = HistGradientBoostingClassifier(max_depth=CLASSIFIER["max_depth"],
                                            min_samples_leaf=CLASSIFIER["min_samples_leaf"],
                                            max_iter=CLASSIFIER["max_iter"],
@@ -331,8 +334,8 @@ def cutoff_advice(config: HeadroomConfig, start: pd.Timestamp, end: pd.Timestamp
     """Say which way to move a cut-off that leaves a period of the study empty."""
     span = f"the prices run from {start.isoformat()} to {end.isoformat()}"
     if config.cutoff > end:
-        return (f"The cut-off {config.cutoff.isoformat()} is after the last price ({span}): pass an "
-                "earlier --cutoff")
+        return (f"The cut-off {config.cutoff.isoformat()} is after the last price ({span}): "
+                "pass an earlier --cutoff")
     return (f"Pass a later --cutoff ({span}, and training origins end "
             f"{config.calibration_days} days before the cut-off) or prices that cover more time")
 
@@ -345,10 +348,6 @@ def best_win_rate(rows: Sequence[dict[str, Any]], min_differing: int = 20) -> fl
 
 def _hours(window: str) -> str:
     return window.replace("h", " h")
-
-
-def _percent(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{100 * value:.{digits}f} %"
 
 
 def format_report(results: dict[str, Any], command: str, sources: Sequence[str]) -> str:
@@ -376,7 +375,7 @@ def format_report(results: dict[str, Any], command: str, sources: Sequence[str])
         for period, figures in row["headroom"].items():
             lines.append(
                 f"| {_hours(window)} | {period} | {figures['decisions']} | {figures['tied_now']} | "
-                f"{figures['best_beats_cheapest_now']} ({_percent(figures['share'])}) | "
+                f"{figures['best_beats_cheapest_now']} ({format_percent(figures['share'])}) | "
                 f"{_number(figures['median_saving_percent'])} | "
                 f"{_number(figures['p90_saving_percent'])} | "
                 f"{_number(figures['cheapest_now_extra_cost_percent'], 3)} |"
@@ -411,7 +410,7 @@ def format_report(results: dict[str, Any], command: str, sources: Sequence[str])
                 lines.append(
                     f"| {_hours(window)} | {period} | {judged['threshold']:.3f} | "
                     f"{judged['differing']} | {judged['wins']} | {judged['losses']} | "
-                    f"{_percent(judged['win_rate'])} |"
+                    f"{format_percent(judged['win_rate'])} |"
                 )
     lines += ["", "## Reading", "", *conclusion(results), ""]
     return "\n".join(lines)
@@ -430,23 +429,25 @@ def conclusion(results: dict[str, Any]) -> list[str]:
         after = best_win_rate(row["classifier"].get("evaluation", []))
         if "classifier_skipped" in row:
             judged = f"The classifier was not trained: {row['classifier_skipped']}."
+        elif best is None:
+            judged = ("On the calibration days the classifier made fewer than 20 switches at "
+                      "every threshold, too few to judge.")
         else:
-            if best is None:
-                judged = ("On the calibration days the classifier made fewer than 20 switches at "
-                          "every threshold, too few to judge.")
+            verdict = "reaches" if best >= MIN_WIN_RATE else "stays below"
+            judged = (f"On the calibration days the classifier won {format_percent(best)} of "
+                      "its switches at best (thresholds with at least 20 of them), which "
+                      f"{verdict} the {100 * MIN_WIN_RATE:g} % target.")
+        if "classifier_skipped" not in row:
+            if after is None:
+                judged += " After the cut-off it made too few switches to judge."
             else:
-                verdict = "reaches" if best >= MIN_WIN_RATE else "stays below"
-                judged = (f"On the calibration days the classifier won {_percent(best)} of its "
-                          "switches at best (thresholds with at least 20 of them), which "
-                          f"{verdict} the {100 * MIN_WIN_RATE:g} % target.")
-            judged += (f" After the cut-off its best is {_percent(after)}." if after is not None
-                       else " After the cut-off it made too few switches to judge.")
+                judged += f" After the cut-off its best is {format_percent(after)}."
+        share = format_percent(calibration["share"])
+        extra = _number(calibration["cheapest_now_extra_cost_percent"], 3)
         lines.append(
-            f"- {_hours(window)} windows: the hindsight best beat \"cheapest right "
-            f"now\" in {_percent(calibration['share'])} of the calibration decisions, and always "
-            "choosing the series cheapest now cost "
-            f"{_number(calibration['cheapest_now_extra_cost_percent'], 3)} more than the hindsight "
-            f"best there. {judged}"
+            f"- {_hours(window)} windows: the hindsight best beat \"cheapest right now\" in "
+            f"{share} of the calibration decisions, and always choosing the series cheapest now "
+            f"cost {extra} more than the hindsight best there. {judged}"
         )
     return lines
 
